@@ -1,0 +1,1 @@
+//! skogd and skogctl: the per-node agent (built under the datastore, dataplane and daemon issues).

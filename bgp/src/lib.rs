@@ -1,0 +1,1 @@
+//! The BGP speaker library for a hypervisor (built under the BGP issue).

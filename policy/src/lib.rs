@@ -1,0 +1,1 @@
+//! Security groups to nftables (built under the security-group issue).
