@@ -407,13 +407,13 @@ impl Testbed {
         for h in &self.hypervisors {
             for u in h.uplinks.iter().filter(|u| u.tor == tor) {
                 neighbors.push(Neighbor {
-                    name: format!("{}_{}_v4", h.name, u.tor_if).replace('-', "_"),
+                    name: format!("{}_v4", u.tor_if).replace('-', "_"),
                     local: u.tor_v4.into(),
                     remote: u.hv_v4.into(),
                     remote_asn: h.asn,
                 });
                 neighbors.push(Neighbor {
-                    name: format!("{}_{}_v6", h.name, u.tor_if).replace('-', "_"),
+                    name: format!("{}_v6", u.tor_if).replace('-', "_"),
                     local: u.tor_v6.into(),
                     remote: u.hv_v6.into(),
                     remote_asn: h.asn,

@@ -1,1 +1,104 @@
-fn main() {}
+//! Developer tasks for Skog, run as `cargo xtask <task>`:
+//! `setup` installs the Debian packages the agent and the tests need, `test` is what CI runs,
+//! `testbed-clean` removes namespaces left by killed test runs, `demo` shows Skog working, and
+//! `bench` runs every benchmark beside its reference.
+
+mod bench;
+mod demo;
+mod setup;
+mod test;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Skog developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install (idempotently, with apt-get, as root) what the agent and the tests need.
+    Setup,
+    /// Setup, then fmt check, clippy -D warnings and every test, including the root-only
+    /// namespace tests. This is what CI runs.
+    Test,
+    /// Remove testbed namespaces (and their processes) left behind by test runs that died.
+    TestbedClean {
+        /// Also remove those of runs that are still alive.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Build a small data centre in namespaces and show traffic flowing through it.
+    Demo {
+        /// Keep the topology up until Enter is pressed, and print commands to explore it.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Run every benchmark beside its reference; print a markdown table and write JSON.
+    Bench {
+        /// Few repetitions, for a quick look.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::Test => test::run(),
+        Task::TestbedClean { all } => {
+            skog_testbed::require_root()?;
+            let removed = skog_testbed::clean_leftovers(all)?;
+            if removed.is_empty() {
+                println!("no testbed namespaces to remove");
+            }
+            for name in removed {
+                println!("removed network namespace {name}");
+            }
+            Ok(())
+        }
+        Task::Demo { keep } => demo::run(keep),
+        Task::Bench { quick } => bench::run(quick),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// The cargo that runs us (so `cargo +toolchain xtask` stays on that toolchain).
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Prints a step header, runs `cmd`, and fails if it fails.
+fn step(title: &str, cmd: &mut Command) -> Result<()> {
+    println!("\n==> {title}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {title}"))?;
+    if !status.success() {
+        bail!("{title} failed ({status})");
+    }
+    Ok(())
+}
