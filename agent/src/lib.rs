@@ -1,3 +1,5 @@
 //! skogd and skogctl: the per-node agent.
 
+pub mod api;
 pub mod config;
+pub mod ctl;
