@@ -3,3 +3,6 @@
 pub mod api;
 pub mod config;
 pub mod ctl;
+pub mod logging;
+pub mod metrics;
+pub mod systemd;
