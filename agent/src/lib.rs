@@ -1,1 +1,4 @@
 //! skogd and skogctl: the per-node agent (built under the datastore, dataplane and daemon issues).
+
+pub mod datastore;
+pub mod model;
