@@ -3,6 +3,8 @@
 pub mod api;
 pub mod config;
 pub mod ctl;
+pub mod datastore;
 pub mod logging;
 pub mod metrics;
+pub mod model;
 pub mod systemd;
