@@ -3,7 +3,8 @@
 //! Layout of table `inet skog` (see docs/policy.md for the packet path):
 //! - base chains `raw-prerouting` (anti-spoofing), `forward` (policy), `input` (VM to host),
 //!   `nat-prerouting` (metadata and floating-IP DNAT), `nat-postrouting` (floating-IP SNAT);
-//! - verdict maps `spoof-check`, `from-vm`, `to-vm` dispatching by interface;
+//! - verdict maps `spoof`, `from-vm`, `to-vm` dispatching by interface, each used by a chain
+//!   `<map>-dispatch` that drops traffic of unknown VM interfaces;
 //! - per endpoint `spoof-<if>`, `from-<if>` (egress), `to-<if>` (ingress);
 //! - per policy and direction `pol-<hash>-in|out`, shared by every endpoint it applies to;
 //! - per selector and IP version a set `sel4|6-<hash>`.
@@ -142,7 +143,7 @@ pub fn compile(model: &PolicyModel) -> Result<Compiled, CompileError> {
                     rules,
                 },
             );
-            map.elements.insert(iface.clone(), format!("jump {chain}"));
+            map.elements.insert(iface.clone(), format!("goto {chain}"));
         }
         c.floating_ips(id, ep, &mut dnat, &mut snat);
     }
@@ -212,7 +213,7 @@ impl Compiler<'_> {
                 rules,
             },
         );
-        format!("jump {name}")
+        format!("goto {name}")
     }
 
     /// An endpoint's chain for one direction: conntrack, then tiers of policies, then drop.
@@ -387,19 +388,14 @@ impl Compiler<'_> {
         base(
             "raw-prerouting",
             "type filter hook prerouting priority raw;",
-            vec![
-                "iifname vmap @spoof-check".to_owned(),
-                format!("iifname {vms} drop"),
-            ],
+            vec![format!("iifname {vms} jump spoof-dispatch")],
         );
         base(
             "forward",
             "type filter hook forward priority filter;",
             vec![
-                "iifname vmap @from-vm".to_owned(),
-                format!("iifname {vms} drop"),
-                "oifname vmap @to-vm".to_owned(),
-                format!("oifname {vms} drop"),
+                format!("iifname {vms} jump from-vm-dispatch"),
+                format!("oifname {vms} jump to-vm-dispatch"),
             ],
         );
         base(
@@ -457,12 +453,23 @@ impl Compiler<'_> {
                 rules: to_host,
             },
         );
-        for (name, map) in [
-            ("spoof-check", spoof),
-            ("from-vm", from_vm),
-            ("to-vm", to_vm),
+        // Endpoint chains are entered by `goto` from these, so their `return` (allowed) goes
+        // back to the base chain, past the drop of unknown VM interfaces.
+        for (map_name, map, ifname) in [
+            ("spoof", spoof, "iifname"),
+            ("from-vm", from_vm, "iifname"),
+            ("to-vm", to_vm, "oifname"),
         ] {
-            self.out.maps.insert(name.to_owned(), map);
+            chains.insert(
+                format!("{map_name}-dispatch"),
+                Chain {
+                    kind: ChainKind::Dispatch,
+                    hook: None,
+                    note: None,
+                    rules: vec![format!("{ifname} vmap @{map_name}"), "drop".to_owned()],
+                },
+            );
+            self.out.maps.insert(map_name.to_owned(), map);
         }
     }
 }

@@ -19,6 +19,8 @@ pub enum ChainKind {
     Policy,
     /// An endpoint's policy, anti-spoofing or VM-to-host chain (refers to policy chains).
     Endpoint,
+    /// A chain dispatching by interface through a verdict map (refers to maps).
+    Dispatch,
     /// A chain attached to a netfilter hook (refers to maps).
     Base,
 }
@@ -146,10 +148,10 @@ impl Ruleset {
             }
             let _ = writeln!(s, "\t}}");
         }
-        let (before_maps, base): (Vec<_>, Vec<_>) = self
+        let (before_maps, after_maps): (Vec<_>, Vec<_>) = self
             .chains_in_order()
             .into_iter()
-            .partition(|(_, c)| c.kind != ChainKind::Base);
+            .partition(|(_, c)| c.kind < ChainKind::Dispatch);
         for (name, chain) in before_maps {
             write_chain(&mut s, name, chain);
         }
@@ -161,7 +163,7 @@ impl Ruleset {
             }
             let _ = writeln!(s, "\t}}");
         }
-        for (name, chain) in base {
+        for (name, chain) in after_maps {
             write_chain(&mut s, name, chain);
         }
         s.push_str("}\n");

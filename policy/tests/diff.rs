@@ -84,7 +84,7 @@ fn a_new_endpoint_gets_chains_before_its_map_entries() {
     let add_chain = s.find("add chain inet skog to-tap00000000-01").unwrap();
     let fill = s.find("add rule inet skog to-tap00000000-01").unwrap();
     let map = s
-        .find("add element inet skog to-vm { \"tap00000000-01\" : jump to-tap00000000-01 }")
+        .find("add element inet skog to-vm { \"tap00000000-01\" : goto to-tap00000000-01 }")
         .unwrap();
     assert!(add_chain < fill && fill < map, "{s}");
 }

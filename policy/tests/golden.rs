@@ -65,7 +65,7 @@ fn invalid_rules_are_rejected_alone_and_named() {
     }
     // Bad or duplicate interfaces get no chains; the good endpoint does.
     assert!(text.contains("chain to-tapdddddddd-dd"));
-    assert_eq!(text.matches("chain to-").count(), 1, "{text}");
+    assert_eq!(text.matches("chain to-tap").count(), 1, "{text}");
 }
 
 #[test]
