@@ -118,7 +118,7 @@ impl Cloud {
             for sg in &p.sgs {
                 m.selectors
                     .entry(selector(sg))
-                    .or_insert_with(BTreeSet::new)
+                    .or_default()
                     .extend(self.nets(tb, p));
             }
             let vm = tb.vm(p.vm).unwrap();
