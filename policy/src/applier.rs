@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::diff;
 use crate::names::{FAMILY, TABLE};
 use crate::nft::{Nft, NftError};
-use crate::ruleset::Ruleset;
+use crate::ruleset::{Patch, Ruleset};
 
 /// A failed apply or refresh. The rules in force are those of the last successful apply.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +32,8 @@ pub enum ApplyError {
         #[source]
         replace: NftError,
     },
+    #[error("no ruleset applied yet: the first apply must be a whole ruleset")]
+    NothingApplied,
     #[error("reading table {FAMILY} {TABLE} back: {0}")]
     ReadBack(String),
 }
@@ -79,26 +81,46 @@ impl Applier {
 
     /// Makes the kernel's table equal `desired`, in one transaction.
     pub async fn apply(&mut self, desired: &Ruleset) -> Result<ApplyOutcome, ApplyError> {
+        match &self.applied {
+            None => self.replace(desired, ReplaceReason::StartUp).await,
+            Some(old) => {
+                let patch = old.patch_to(desired);
+                self.apply_patch(&patch).await
+            }
+        }
+    }
+
+    /// Applies a change to the ruleset in force, in one transaction, sending only what the
+    /// patch names. Before the first [`Applier::apply`] there is nothing to patch.
+    pub async fn apply_patch(&mut self, patch: &Patch) -> Result<ApplyOutcome, ApplyError> {
         let Some(old) = &self.applied else {
-            return self.replace(desired, ReplaceReason::StartUp).await;
+            return Err(ApplyError::NothingApplied);
         };
-        let Some(script) = diff::script(old, desired) else {
-            return self.replace(desired, ReplaceReason::StructureChanged).await;
+        let Some(script) = diff::script(old, patch) else {
+            let mut desired = old.clone();
+            desired.apply_patch(patch);
+            return self
+                .replace(&desired, ReplaceReason::StructureChanged)
+                .await;
         };
         if script.is_empty() {
             return Ok(ApplyOutcome::Unchanged);
         }
         match self.nft.run_script(&script).await {
             Ok(()) => {
-                self.applied = Some(desired.clone());
+                if let Some(applied) = &mut self.applied {
+                    applied.apply_patch(patch);
+                }
                 Ok(ApplyOutcome::Incremental {
                     script_bytes: script.len(),
                 })
             }
             Err(incremental) => {
                 tracing::warn!(error = %incremental, "incremental nft update failed; replacing the table");
+                let mut desired = old.clone();
+                desired.apply_patch(patch);
                 let why = ReplaceReason::IncrementalFailed(incremental.to_string());
-                self.replace(desired, why).await.map_err(|e| match e {
+                self.replace(&desired, why).await.map_err(|e| match e {
                     ApplyError::Apply(replace) => ApplyError::ApplyAndReplace {
                         incremental,
                         replace,
@@ -118,7 +140,9 @@ impl Applier {
             .run_script(&desired.full_script())
             .await
             .map_err(ApplyError::Apply)?;
-        self.applied = Some(desired.clone());
+        if self.applied.as_ref() != Some(desired) {
+            self.applied = Some(desired.clone());
+        }
         Ok(ApplyOutcome::Replaced { why })
     }
 

@@ -171,6 +171,73 @@ impl Ruleset {
     }
 }
 
+/// A change to a [`Ruleset`]: entries to set (`Some`) or remove (`None`). Only what it names
+/// is touched, which is what makes one membership or one policy change cheap end to end.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Patch {
+    pub chains: BTreeMap<String, Option<Chain>>,
+    pub sets: BTreeMap<String, Option<AddressSet>>,
+    pub maps: BTreeMap<String, Option<VerdictMap>>,
+}
+
+impl Patch {
+    pub fn is_empty(&self) -> bool {
+        self.chains.is_empty() && self.sets.is_empty() && self.maps.is_empty()
+    }
+}
+
+/// The entries of `new` that differ from `old`, and `None` for those only `old` has.
+fn changed<V: Clone + PartialEq>(
+    old: &BTreeMap<String, V>,
+    new: &BTreeMap<String, V>,
+) -> BTreeMap<String, Option<V>> {
+    let mut out: BTreeMap<String, Option<V>> = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(v))
+        .map(|(k, v)| (k.clone(), Some(v.clone())))
+        .collect();
+    out.extend(
+        old.keys()
+            .filter(|k| !new.contains_key(*k))
+            .map(|k| (k.clone(), None)),
+    );
+    out
+}
+
+fn patch_map<V>(map: &mut BTreeMap<String, V>, changes: &BTreeMap<String, Option<V>>)
+where
+    V: Clone,
+{
+    for (k, v) in changes {
+        match v {
+            Some(v) => {
+                map.insert(k.clone(), v.clone());
+            }
+            None => {
+                map.remove(k);
+            }
+        }
+    }
+}
+
+impl Ruleset {
+    /// The patch that turns `self` into `new`.
+    pub fn patch_to(&self, new: &Ruleset) -> Patch {
+        Patch {
+            chains: changed(&self.chains, &new.chains),
+            sets: changed(&self.sets, &new.sets),
+            maps: changed(&self.maps, &new.maps),
+        }
+    }
+
+    /// Applies `patch` to this description (not to the kernel).
+    pub fn apply_patch(&mut self, patch: &Patch) {
+        patch_map(&mut self.chains, &patch.chains);
+        patch_map(&mut self.sets, &patch.sets);
+        patch_map(&mut self.maps, &patch.maps);
+    }
+}
+
 fn write_chain(s: &mut String, name: &str, chain: &Chain) {
     if let Some(note) = &chain.note {
         let _ = writeln!(s, "\t# {note}");
@@ -188,6 +255,28 @@ fn write_chain(s: &mut String, name: &str, chain: &Chain) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_patch_turns_one_ruleset_into_the_other() {
+        let chain = |rules: &[&str]| Chain {
+            kind: ChainKind::Policy,
+            hook: None,
+            note: None,
+            rules: rules.iter().map(|r| r.to_string()).collect(),
+        };
+        let mut old = Ruleset::default();
+        old.chains.insert("a".into(), chain(&["drop"]));
+        old.chains.insert("b".into(), chain(&["accept"]));
+        let mut new = Ruleset::default();
+        new.chains.insert("a".into(), chain(&["drop"]));
+        new.chains.insert("c".into(), chain(&["return"]));
+        let patch = old.patch_to(&new);
+        assert_eq!(patch.chains.len(), 2, "unchanged chain a is not in the patch");
+        assert_eq!(patch.chains["b"], None);
+        old.apply_patch(&patch);
+        assert_eq!(old, new);
+        assert!(new.patch_to(&new).is_empty());
+    }
 
     #[test]
     fn covered_members_are_dropped() {

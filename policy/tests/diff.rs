@@ -9,7 +9,7 @@ use skog_policy::{compile, diff};
 
 fn script(old: &skog_policy::PolicyModel, new: &skog_policy::PolicyModel) -> String {
     let (a, b) = (compile(old).unwrap(), compile(new).unwrap());
-    diff::script(&a.ruleset, &b.ruleset).expect("incremental")
+    diff::script(&a.ruleset, &a.ruleset.patch_to(&b.ruleset)).expect("incremental")
 }
 
 #[test]
