@@ -1,1 +1,23 @@
-//! Security groups to nftables (built under the security-group issue).
+//! Security groups to nftables.
+//!
+//! - [`model`]: the input (endpoints, policies, selector membership, settings).
+//! - [`compile`]: the pure compiler from model to [`Ruleset`].
+//! - [`ruleset`]: the desired table content as data, and its full text.
+//! - [`diff`]: the nft script that turns one ruleset into another, sending only what changed.
+//! - [`nft`]: running `nft -f -` with a timeout, captured stderr, optionally in a namespace.
+//! - [`applier`]: keeps the kernel in step (adopt, incremental apply, drift repair).
+
+pub mod applier;
+pub mod compile;
+pub mod diff;
+pub mod model;
+pub mod names;
+pub mod nft;
+pub mod rule;
+pub mod ruleset;
+
+pub use applier::{Applier, ApplyError, ApplyOutcome};
+pub use compile::{CompileError, Compiled, Problem, compile};
+pub use model::PolicyModel;
+pub use nft::{Nft, NftError};
+pub use ruleset::Ruleset;

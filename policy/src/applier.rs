@@ -1,0 +1,272 @@
+//! Keeps Skog's table in the kernel in step with the desired [`Ruleset`].
+//!
+//! The applier remembers the ruleset it last applied successfully. Every change is one nft
+//! transaction: the first apply (start-up) replaces the table atomically, so whatever an
+//! earlier run left stays in force until the new rules are in (no window without rules); later
+//! applies send the incremental [`diff::script`]. A failed transaction changes nothing in the
+//! kernel; the applier then tries one full replacement (the failure may come from drift) and
+//! reports the error if that fails too, keeping its record of what is in force.
+//! [`Applier::refresh`] compares the kernel's table with the record (chains, rule counts, set and
+//! map element counts) and replaces the table when they differ. Nothing is removed on shutdown,
+//! and no other table is ever read or written.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::diff;
+use crate::names::{FAMILY, TABLE};
+use crate::nft::{Nft, NftError};
+use crate::ruleset::{Patch, Ruleset};
+
+/// A failed apply or refresh. The rules in force are those of the last successful apply.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("applying the ruleset failed; previous rules stay in force: {0}")]
+    Apply(#[source] NftError),
+    #[error(
+        "incremental update failed ({incremental}); full replacement failed too; previous rules stay in force: {replace}"
+    )]
+    ApplyAndReplace {
+        incremental: NftError,
+        #[source]
+        replace: NftError,
+    },
+    #[error("no ruleset applied yet: the first apply must be a whole ruleset")]
+    NothingApplied,
+    #[error("reading table {FAMILY} {TABLE} back: {0}")]
+    ReadBack(String),
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// Nothing had changed; nft was not called.
+    Unchanged,
+    /// The changes were sent as one incremental transaction of this many bytes.
+    Incremental { script_bytes: usize },
+    /// The whole table was replaced in one transaction.
+    Replaced { why: ReplaceReason },
+}
+
+/// Why the table was replaced rather than updated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplaceReason {
+    /// First apply of this process (adopts what a previous run left, without a gap).
+    StartUp,
+    /// A base chain's hook or a set's type changed.
+    StructureChanged,
+    /// The incremental update failed; this is the error it failed with.
+    IncrementalFailed(String),
+    /// The kernel's table differed from what was applied.
+    Drift(String),
+}
+
+/// Owns table `inet skog` in one network namespace.
+#[derive(Debug)]
+pub struct Applier {
+    nft: Nft,
+    applied: Option<Ruleset>,
+}
+
+impl Applier {
+    pub fn new(nft: Nft) -> Applier {
+        Applier { nft, applied: None }
+    }
+
+    /// The ruleset in force (as far as this applier knows).
+    pub fn applied(&self) -> Option<&Ruleset> {
+        self.applied.as_ref()
+    }
+
+    /// Makes the kernel's table equal `desired`, in one transaction.
+    pub async fn apply(&mut self, desired: &Ruleset) -> Result<ApplyOutcome, ApplyError> {
+        match &self.applied {
+            None => self.replace(desired, ReplaceReason::StartUp).await,
+            Some(old) => {
+                let patch = old.patch_to(desired);
+                self.apply_patch(&patch).await
+            }
+        }
+    }
+
+    /// Applies a change to the ruleset in force, in one transaction, sending only what the
+    /// patch names. Before the first [`Applier::apply`] there is nothing to patch.
+    pub async fn apply_patch(&mut self, patch: &Patch) -> Result<ApplyOutcome, ApplyError> {
+        let Some(old) = &self.applied else {
+            return Err(ApplyError::NothingApplied);
+        };
+        let Some(script) = diff::script(old, patch) else {
+            let mut desired = old.clone();
+            desired.apply_patch(patch);
+            return self
+                .replace(&desired, ReplaceReason::StructureChanged)
+                .await;
+        };
+        if script.is_empty() {
+            return Ok(ApplyOutcome::Unchanged);
+        }
+        match self.nft.run_script(&script).await {
+            Ok(()) => {
+                if let Some(applied) = &mut self.applied {
+                    applied.apply_patch(patch);
+                }
+                Ok(ApplyOutcome::Incremental {
+                    script_bytes: script.len(),
+                })
+            }
+            Err(incremental) => {
+                tracing::warn!(error = %incremental, "incremental nft update failed; replacing the table");
+                let mut desired = old.clone();
+                desired.apply_patch(patch);
+                let why = ReplaceReason::IncrementalFailed(incremental.to_string());
+                self.replace(&desired, why).await.map_err(|e| match e {
+                    ApplyError::Apply(replace) => ApplyError::ApplyAndReplace {
+                        incremental,
+                        replace,
+                    },
+                    other => other,
+                })
+            }
+        }
+    }
+
+    async fn replace(
+        &mut self,
+        desired: &Ruleset,
+        why: ReplaceReason,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        self.nft
+            .run_script(&desired.full_script())
+            .await
+            .map_err(ApplyError::Apply)?;
+        if self.applied.as_ref() != Some(desired) {
+            self.applied = Some(desired.clone());
+        }
+        Ok(ApplyOutcome::Replaced { why })
+    }
+
+    /// Checks the kernel's table against what was applied and replaces it if they differ
+    /// (a flushed table, a deleted chain or set, missing elements). Returns what it did.
+    pub async fn refresh(&mut self) -> Result<ApplyOutcome, ApplyError> {
+        let Some(applied) = self.applied.clone() else {
+            return Ok(ApplyOutcome::Unchanged);
+        };
+        let live = match self
+            .nft
+            .output(&["-j", "list", "table", FAMILY, TABLE])
+            .await
+        {
+            Ok(json) => Shape::from_json(&json)?,
+            // A missing table is drift too; any other failure is reported by the replace.
+            Err(NftError::Failed { .. }) => Shape::default(),
+            Err(e) => return Err(ApplyError::ReadBack(e.to_string())),
+        };
+        match Shape::of(&applied).difference(&live) {
+            None => Ok(ApplyOutcome::Unchanged),
+            Some(what) => {
+                tracing::warn!(%what, "nftables drift; replacing table {FAMILY} {TABLE}");
+                self.replace(&applied, ReplaceReason::Drift(what)).await
+            }
+        }
+    }
+}
+
+/// What the drift check compares: chains with their rule counts, sets and maps with their
+/// element counts.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Shape {
+    chains: BTreeMap<String, usize>,
+    sets: BTreeMap<String, usize>,
+}
+
+impl Shape {
+    fn of(r: &Ruleset) -> Shape {
+        Shape {
+            chains: r
+                .chains
+                .iter()
+                .map(|(n, c)| (n.clone(), c.rules.len()))
+                .collect(),
+            sets: r
+                .sets
+                .iter()
+                .map(|(n, s)| (n.clone(), s.elements.len()))
+                .chain(r.maps.iter().map(|(n, m)| (n.clone(), m.elements.len())))
+                .collect(),
+        }
+    }
+
+    fn from_json(json: &str) -> Result<Shape, ApplyError> {
+        let v: Value =
+            serde_json::from_str(json).map_err(|e| ApplyError::ReadBack(e.to_string()))?;
+        let items = v
+            .get("nftables")
+            .and_then(Value::as_array)
+            .ok_or_else(|| ApplyError::ReadBack("no \"nftables\" array".to_owned()))?;
+        let mut shape = Shape::default();
+        let name = |o: &Value, key: &str| o.get(key).and_then(Value::as_str).map(str::to_owned);
+        for item in items {
+            if let Some(chain) = item.get("chain").and_then(|c| name(c, "name")) {
+                shape.chains.entry(chain).or_insert(0);
+            } else if let Some(chain) = item.get("rule").and_then(|r| name(r, "chain")) {
+                *shape.chains.entry(chain).or_insert(0) += 1;
+            } else if let Some(set) = item.get("set").or_else(|| item.get("map"))
+                && let Some(n) = name(set, "name")
+            {
+                let count = set
+                    .get("elem")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len);
+                shape.sets.insert(n, count);
+            }
+        }
+        Ok(shape)
+    }
+
+    /// A description of the first difference, if any.
+    fn difference(&self, live: &Shape) -> Option<String> {
+        for (what, want, have) in [
+            ("chain", &self.chains, &live.chains),
+            ("set", &self.sets, &live.sets),
+        ] {
+            for (name, n) in want {
+                match have.get(name) {
+                    None => return Some(format!("{what} {name} is missing")),
+                    Some(m) if m != n => {
+                        return Some(format!("{what} {name} has {m} entries, want {n}"));
+                    }
+                    Some(_) => {}
+                }
+            }
+            if let Some(extra) = have.keys().find(|k| !want.contains_key(*k)) {
+                return Some(format!("unexpected {what} {extra}"));
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_is_read_from_nft_json() {
+        let json = r#"{"nftables":[{"metainfo":{"version":"1.0.6"}},
+            {"table":{"family":"inet","name":"skog","handle":1}},
+            {"chain":{"family":"inet","table":"skog","name":"forward","handle":2}},
+            {"chain":{"family":"inet","table":"skog","name":"empty","handle":3}},
+            {"rule":{"family":"inet","table":"skog","chain":"forward","handle":4,"expr":[]}},
+            {"rule":{"family":"inet","table":"skog","chain":"forward","handle":5,"expr":[]}},
+            {"set":{"family":"inet","name":"sel4-x","table":"skog","elem":["192.0.2.1"]}},
+            {"map":{"family":"inet","name":"to-vm","table":"skog"}}]}"#;
+        let shape = Shape::from_json(json).unwrap();
+        assert_eq!(shape.chains["forward"], 2);
+        assert_eq!(shape.chains["empty"], 0);
+        assert_eq!(shape.sets["sel4-x"], 1);
+        assert_eq!(shape.sets["to-vm"], 0);
+        assert!(Shape::from_json("[]").is_err());
+        assert!(Shape::from_json("not json").is_err());
+    }
+}

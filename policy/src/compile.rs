@@ -1,0 +1,475 @@
+//! The compiler: a pure function from a [`PolicyModel`] to the [`Ruleset`] of Skog's table.
+//!
+//! Layout of table `inet skog` (see docs/policy.md for the packet path):
+//! - base chains `raw-prerouting` (anti-spoofing), `forward` (policy), `input` (VM to host),
+//!   `nat-prerouting` (metadata and floating-IP DNAT), `nat-postrouting` (floating-IP SNAT);
+//! - verdict maps `spoof`, `from-vm`, `to-vm` dispatching by interface, each used by a chain
+//!   `<map>-dispatch` that drops traffic of unknown VM interfaces;
+//! - per endpoint `spoof-<if>`, `from-<if>` (egress), `to-<if>` (ingress);
+//! - per policy and direction `pol-<hash>-in|out`, shared by every endpoint it applies to;
+//! - per selector and IP version a set `sel4|6-<hash>`.
+//!
+//! Bad input never stops the rest: a bad rule, endpoint or floating IP is left out (fail
+//! closed) and reported as a [`Problem`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::model::{Action, Endpoint, HostVerdict, PolicyModel, Rule, Settings};
+use crate::names::{
+    self, Direction, NameError, comment_safe, endpoint_chain, policy_chain, selector_set,
+    spoof_chain,
+};
+use crate::rule::{self, MARK_ACCEPT, MARK_PASS, RuleProblem};
+use crate::ruleset::{AddressSet, Chain, ChainKind, Ruleset, VerdictMap};
+
+/// Settings that make a safe ruleset impossible.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error("settings: {0}")]
+    Prefix(#[from] NameError),
+}
+
+/// Something left out of the ruleset, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    /// The rule allows nothing: an invalid Allow or Log rule is dropped, an invalid Deny or Pass
+    /// rule becomes an unconditional drop at its position.
+    #[error("policy {policy:?} {direction} rule {index}: {problem}; rule rejected (fails closed)")]
+    Rule {
+        policy: String,
+        direction: Direction,
+        index: usize,
+        problem: RuleProblem,
+    },
+    /// The endpoint gets no chains; traffic on a VM interface without chains is dropped.
+    #[error("endpoint {endpoint:?}: {problem}; endpoint left out (its traffic is dropped)")]
+    Endpoint {
+        endpoint: String,
+        problem: NameError,
+    },
+    #[error(
+        "endpoint {endpoint:?}: interface {interface} is already used by {other:?}; endpoint left out"
+    )]
+    DuplicateInterface {
+        endpoint: String,
+        interface: String,
+        other: String,
+    },
+    #[error("endpoint {endpoint:?}: policy {policy:?} is unknown; skipped")]
+    UnknownPolicy { endpoint: String, policy: String },
+    #[error(
+        "endpoint {endpoint:?}: floating IP {external} -> {internal} mixes IP versions; skipped"
+    )]
+    FloatingIpFamily {
+        endpoint: String,
+        internal: IpAddr,
+        external: IpAddr,
+    },
+    #[error("metadata target {0} is not IPv4; metadata DNAT disabled")]
+    MetadataNotV4(SocketAddr),
+}
+
+/// The compiler's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compiled {
+    pub ruleset: Ruleset,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for Compiled {
+    /// The golden-file form: problems as comments, then the table.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in &self.problems {
+            writeln!(f, "# problem: {}", comment_safe(&p.to_string()))?;
+        }
+        f.write_str(&self.ruleset.table_text())
+    }
+}
+
+const CLEAR_MARKS: &str = "meta mark set meta mark & 0xfffcffff";
+const CLEAR_PASS: &str = "meta mark set meta mark & 0xfffdffff";
+const METADATA_V4: &str = "169.254.169.254";
+
+/// Compiles `model` into the table's content.
+pub fn compile(model: &PolicyModel) -> Result<Compiled, CompileError> {
+    let settings = &model.settings;
+    names::check_prefix(&settings.interface_prefix)?;
+    let mut c = Compiler {
+        model,
+        out: Ruleset::default(),
+        problems: Vec::new(),
+        policies_done: BTreeSet::new(),
+        selectors_used: BTreeSet::new(),
+    };
+    let mut by_interface: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut spoof = VerdictMap::default();
+    let mut from_vm = VerdictMap::default();
+    let mut to_vm = VerdictMap::default();
+    let mut dnat = Vec::new();
+    let mut snat = Vec::new();
+    for (id, ep) in &model.endpoints {
+        if let Err(problem) = names::check_interface(&ep.interface, &settings.interface_prefix) {
+            c.problems.push(Problem::Endpoint {
+                endpoint: id.clone(),
+                problem,
+            });
+            continue;
+        }
+        if let Some(other) = by_interface.insert(&ep.interface, id) {
+            c.problems.push(Problem::DuplicateInterface {
+                endpoint: id.clone(),
+                interface: ep.interface.clone(),
+                other: other.to_owned(),
+            });
+            by_interface.insert(&ep.interface, other);
+            continue;
+        }
+        let iface = ep.interface.clone();
+        spoof.elements.insert(iface.clone(), c.spoof_chain(ep));
+        for (dir, map) in [
+            (Direction::Egress, &mut from_vm),
+            (Direction::Ingress, &mut to_vm),
+        ] {
+            let chain = endpoint_chain(&iface, dir);
+            let rules = c.endpoint_rules(id, ep, dir);
+            c.out.chains.insert(
+                chain.clone(),
+                Chain {
+                    kind: ChainKind::Endpoint,
+                    hook: None,
+                    note: Some(format!("endpoint {} {dir}", comment_safe(id))),
+                    rules,
+                },
+            );
+            map.elements.insert(iface.clone(), format!("goto {chain}"));
+        }
+        c.floating_ips(id, ep, &mut dnat, &mut snat);
+    }
+    c.add_sets();
+    c.add_base_chains(spoof, from_vm, to_vm, dnat, snat);
+    Ok(Compiled {
+        ruleset: c.out,
+        problems: c.problems,
+    })
+}
+
+struct Compiler<'m> {
+    model: &'m PolicyModel,
+    out: Ruleset,
+    problems: Vec<Problem>,
+    policies_done: BTreeSet<(String, Direction)>,
+    selectors_used: BTreeSet<(String, bool)>,
+}
+
+impl Compiler<'_> {
+    fn settings(&self) -> &Settings {
+        &self.model.settings
+    }
+
+    fn wildcard(&self) -> String {
+        format!("\"{}*\"", self.settings().interface_prefix)
+    }
+
+    /// The anti-spoofing verdict for an endpoint: a chain letting through its own sources, IPv6
+    /// link-local sources, DHCPv4 discovery from 0.0.0.0 and IPv6 DAD/MLD from ::.
+    fn spoof_chain(&mut self, ep: &Endpoint) -> String {
+        let v4: Vec<String> = ep
+            .ip_networks
+            .iter()
+            .filter(|n| matches!(n, ipnet::IpNet::V4(_)))
+            .map(|n| n.trunc().to_string())
+            .collect();
+        let mut v6: Vec<String> = ep
+            .ip_networks
+            .iter()
+            .filter(|n| matches!(n, ipnet::IpNet::V6(_)))
+            .map(|n| n.trunc().to_string())
+            .collect();
+        v6.push("fe80::/10".to_owned());
+        let mut rules = Vec::new();
+        if !v4.is_empty() {
+            rules.push(format!(
+                "ip saddr {} return",
+                crate::ruleset::elements_text(&v4)
+            ));
+        }
+        rules.push(format!(
+            "ip6 saddr {} return",
+            crate::ruleset::elements_text(&v6)
+        ));
+        rules.push("ip saddr 0.0.0.0 udp sport 68 udp dport 67 return".to_owned());
+        // Duplicate address detection and MLD before the VM has an address.
+        rules.push("ip6 saddr :: ip6 daddr ff02::/16 return".to_owned());
+        rules.push("drop".to_owned());
+        let name = spoof_chain(&ep.interface);
+        self.out.chains.insert(
+            name.clone(),
+            Chain {
+                kind: ChainKind::Endpoint,
+                hook: None,
+                note: None,
+                rules,
+            },
+        );
+        format!("goto {name}")
+    }
+
+    /// An endpoint's chain for one direction: conntrack, then tiers of policies, then drop.
+    fn endpoint_rules(&mut self, id: &str, ep: &Endpoint, dir: Direction) -> Vec<String> {
+        let mut rules = vec![
+            "ct state established,related accept".to_owned(),
+            "ct state invalid drop".to_owned(),
+            CLEAR_MARKS.to_owned(),
+        ];
+        let mut first_tier = true;
+        for tier in &ep.tiers {
+            let mut applying = Vec::new();
+            for policy_id in tier {
+                match self.model.policies.get(policy_id) {
+                    None => {
+                        if dir == Direction::Ingress {
+                            // Reported once per endpoint, not per direction.
+                            self.problems.push(Problem::UnknownPolicy {
+                                endpoint: id.to_owned(),
+                                policy: policy_id.clone(),
+                            });
+                        }
+                    }
+                    Some(p) => {
+                        let rules = match dir {
+                            Direction::Ingress => &p.ingress,
+                            Direction::Egress => &p.egress,
+                        };
+                        if let Some(rules) = rules {
+                            applying.push(self.policy_chain(policy_id, dir, rules));
+                        }
+                    }
+                }
+            }
+            if applying.is_empty() {
+                continue;
+            }
+            if !first_tier {
+                rules.push(CLEAR_PASS.to_owned());
+            }
+            for (i, chain) in applying.iter().enumerate() {
+                if i == 0 {
+                    rules.push(format!("jump {chain}"));
+                } else {
+                    rules.push(format!("meta mark & {MARK_PASS:#010x} == 0 jump {chain}"));
+                }
+                rules.push(format!(
+                    "meta mark & {MARK_ACCEPT:#010x} == {MARK_ACCEPT:#010x} return"
+                ));
+            }
+            rules.push(format!("meta mark & {MARK_PASS:#010x} == 0 drop"));
+            first_tier = false;
+        }
+        rules.push("drop".to_owned());
+        rules
+    }
+
+    /// Compiles a policy's rules for one direction once; returns its chain name.
+    fn policy_chain(&mut self, policy_id: &str, dir: Direction, rules: &[Rule]) -> String {
+        let chain = policy_chain(policy_id, dir);
+        if !self.policies_done.insert((policy_id.to_owned(), dir)) {
+            return chain;
+        }
+        let mut lines = Vec::new();
+        for (index, rule) in rules.iter().enumerate() {
+            let log_prefix = format!("skog {chain} {index}: ");
+            match rule::render(rule, &log_prefix) {
+                Ok(r) => {
+                    lines.extend(r.lines);
+                    self.selectors_used.extend(r.sets);
+                }
+                Err(problem) => {
+                    if matches!(rule.action, Action::Deny | Action::Pass) {
+                        lines.push("drop".to_owned());
+                    }
+                    self.problems.push(Problem::Rule {
+                        policy: policy_id.to_owned(),
+                        direction: dir,
+                        index,
+                        problem,
+                    });
+                }
+            }
+        }
+        self.out.chains.insert(
+            chain.clone(),
+            Chain {
+                kind: ChainKind::Policy,
+                hook: None,
+                note: Some(format!("policy {} {dir}", comment_safe(policy_id))),
+                rules: lines,
+            },
+        );
+        chain
+    }
+
+    fn floating_ips(
+        &mut self,
+        id: &str,
+        ep: &Endpoint,
+        dnat: &mut Vec<String>,
+        snat: &mut Vec<String>,
+    ) {
+        for nat in &ep.ip_nats {
+            let family = match (nat.internal, nat.external) {
+                (IpAddr::V4(_), IpAddr::V4(_)) => "ip",
+                (IpAddr::V6(_), IpAddr::V6(_)) => "ip6",
+                _ => {
+                    self.problems.push(Problem::FloatingIpFamily {
+                        endpoint: id.to_owned(),
+                        internal: nat.internal,
+                        external: nat.external,
+                    });
+                    continue;
+                }
+            };
+            let (int, ext) = (nat.internal, nat.external);
+            dnat.push(format!("{family} daddr {ext} dnat {family} to {int}"));
+            snat.push(format!(
+                "{family} saddr {int} {family} daddr {int} snat {family} to {ext}"
+            ));
+            if self.settings().snat_floating_ips_leaving_host {
+                snat.push(format!(
+                    "{family} saddr {int} oifname != {} snat {family} to {ext}",
+                    self.wildcard()
+                ));
+            }
+        }
+    }
+
+    fn add_sets(&mut self) {
+        for (selector, v6) in std::mem::take(&mut self.selectors_used) {
+            let members = self.model.selectors.get(&selector).into_iter().flatten();
+            let note = Some(format!("selector {}", comment_safe(&selector)));
+            self.out.sets.insert(
+                selector_set(&selector, v6),
+                AddressSet::from_members(v6, note, members),
+            );
+        }
+    }
+
+    fn add_base_chains(
+        &mut self,
+        spoof: VerdictMap,
+        from_vm: VerdictMap,
+        to_vm: VerdictMap,
+        dnat: Vec<String>,
+        snat: Vec<String>,
+    ) {
+        let vms = self.wildcard();
+        let metadata = match self.settings().metadata {
+            Some(SocketAddr::V4(target)) => Some(target),
+            Some(other) => {
+                self.problems.push(Problem::MetadataNotV4(other));
+                None
+            }
+            None => None,
+        };
+        let vm_to_host_default = self.settings().vm_to_host_default;
+        let chains = &mut self.out.chains;
+        let mut base = |name: &str, hook: &str, rules: Vec<String>| {
+            chains.insert(
+                name.to_owned(),
+                Chain {
+                    kind: ChainKind::Base,
+                    hook: Some(format!("{hook} policy accept;")),
+                    note: None,
+                    rules,
+                },
+            );
+        };
+        base(
+            "raw-prerouting",
+            "type filter hook prerouting priority raw;",
+            vec![format!("iifname {vms} jump spoof-dispatch")],
+        );
+        base(
+            "forward",
+            "type filter hook forward priority filter;",
+            vec![
+                format!("iifname {vms} jump from-vm-dispatch"),
+                format!("oifname {vms} jump to-vm-dispatch"),
+            ],
+        );
+        base(
+            "input",
+            "type filter hook input priority filter;",
+            vec![format!("iifname {vms} goto vm-to-host")],
+        );
+        let mut nat_pre = Vec::new();
+        if let Some(target) = metadata {
+            nat_pre.push(format!(
+                "iifname {vms} ip daddr {METADATA_V4} tcp dport 80 dnat ip to {target}"
+            ));
+        }
+        nat_pre.extend(dnat);
+        base(
+            "nat-prerouting",
+            "type nat hook prerouting priority dstnat;",
+            nat_pre,
+        );
+        base(
+            "nat-postrouting",
+            "type nat hook postrouting priority srcnat;",
+            snat,
+        );
+        let mut to_host = vec![
+            "ct state established,related accept".to_owned(),
+            "ct state invalid drop".to_owned(),
+            // Neighbour discovery and MLD (Felix's list).
+            "icmpv6 type { mld-listener-query, mld-listener-report, mld-listener-done, nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept".to_owned(),
+            "meta nfproto ipv4 udp sport 68 udp dport 67 accept".to_owned(),
+            "meta nfproto ipv6 udp sport 546 udp dport 547 accept".to_owned(),
+            "udp dport 53 accept".to_owned(),
+            "tcp dport 53 accept".to_owned(),
+        ];
+        if let Some(target) = metadata {
+            to_host.push(format!(
+                "ip daddr {} tcp dport {} accept",
+                target.ip(),
+                target.port()
+            ));
+        }
+        to_host.push(
+            match vm_to_host_default {
+                HostVerdict::Drop => "drop",
+                HostVerdict::Accept => "accept",
+            }
+            .to_owned(),
+        );
+        chains.insert(
+            "vm-to-host".to_owned(),
+            Chain {
+                kind: ChainKind::Endpoint,
+                hook: None,
+                note: Some("from any VM to this host".to_owned()),
+                rules: to_host,
+            },
+        );
+        // Endpoint chains are entered by `goto` from these, so their `return` (allowed) goes
+        // back to the base chain, past the drop of unknown VM interfaces.
+        for (map_name, map, ifname) in [
+            ("spoof", spoof, "iifname"),
+            ("from-vm", from_vm, "iifname"),
+            ("to-vm", to_vm, "oifname"),
+        ] {
+            chains.insert(
+                format!("{map_name}-dispatch"),
+                Chain {
+                    kind: ChainKind::Dispatch,
+                    hook: None,
+                    note: None,
+                    rules: vec![format!("{ifname} vmap @{map_name}"), "drop".to_owned()],
+                },
+            );
+            self.out.maps.insert(map_name.to_owned(), map);
+        }
+    }
+}
