@@ -1,1 +1,2 @@
-//! The BGP speaker library for a hypervisor (built under the BGP issue).
+pub mod codec;
+pub mod pack;
