@@ -782,3 +782,152 @@ pub(crate) fn write_message(msg: &BgpMessage, max: usize) -> Result<Vec<u8>, Enc
         .map_err(|e| EncodeError::Write(format!("{e:?}")))?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update_frame(attrs: &[u8], nlri: &[u8]) -> Vec<u8> {
+        let mut body = vec![0, 0];
+        body.extend_from_slice(&u16::try_from(attrs.len()).unwrap().to_be_bytes());
+        body.extend_from_slice(attrs);
+        body.extend_from_slice(nlri);
+        frame(TYPE_UPDATE, &body)
+    }
+
+    const ORIGIN_IGP: [u8; 4] = [0x40, 1, 1, 0];
+    const AS_PATH_65001: [u8; 9] = [0x40, 2, 6, 2, 1, 0, 0, 0xfd, 0xe9];
+    const NEXT_HOP: [u8; 7] = [0x40, 3, 4, 192, 0, 2, 0];
+    const NLRI: [u8; 5] = [32, 198, 51, 100, 10];
+    const ASN4: DecodeContext = DecodeContext { asn4: true };
+
+    fn decode_update(frame: &[u8]) -> Result<Update, Notification> {
+        match decode(frame, ASN4)? {
+            Message::Update(u) => Ok(u),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn well_formed_update_is_announced() {
+        let attrs = [&ORIGIN_IGP[..], &AS_PATH_65001, &NEXT_HOP].concat();
+        let u = decode_update(&update_frame(&attrs, &NLRI)).unwrap();
+        assert_eq!(u.treat_as_withdraw, None);
+        assert_eq!(u.reach[0].prefixes, vec!["198.51.100.10/32".parse().unwrap()]);
+        assert_eq!(u.reach[0].next_hop, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 0)));
+        assert_eq!((u.attrs.as_path.clone(), u.attrs.as_path_len), (vec![65001], 1));
+    }
+
+    #[test]
+    fn missing_mandatory_attributes_are_treat_as_withdraw() {
+        // RFC 7606 §3 (d): no AS_PATH.
+        let attrs = [&ORIGIN_IGP[..], &NEXT_HOP].concat();
+        let u = decode_update(&update_frame(&attrs, &NLRI)).unwrap();
+        assert!(u.treat_as_withdraw.is_some());
+        assert!(u.reach.is_empty());
+        assert_eq!(u.withdrawn, vec!["198.51.100.10/32".parse().unwrap()]);
+        // No NEXT_HOP for IPv4 NLRI.
+        let attrs = [&ORIGIN_IGP[..], &AS_PATH_65001].concat();
+        let u = decode_update(&update_frame(&attrs, &NLRI)).unwrap();
+        assert_eq!(u.withdrawn.len(), 1);
+    }
+
+    #[test]
+    fn malformed_origin_is_treat_as_withdraw() {
+        let attrs = [&[0x40, 1, 1, 7][..], &AS_PATH_65001, &NEXT_HOP].concat();
+        let u = decode_update(&update_frame(&attrs, &NLRI)).unwrap();
+        assert!(u.treat_as_withdraw.is_some(), "{u:?}");
+        assert_eq!(u.withdrawn.len(), 1);
+    }
+
+    #[test]
+    fn malformed_mp_reach_resets_the_session() {
+        // MP_REACH claiming a 16-byte next hop but carrying 2 bytes.
+        let mp = [0x90, 14, 0, 6, 0, 2, 1, 16, 0x20, 0x01];
+        let attrs = [&ORIGIN_IGP[..], &AS_PATH_65001, &mp].concat();
+        let n = decode_update(&update_frame(&attrs, &[])).unwrap_err();
+        assert_eq!(n.code, err::UPDATE, "{n}");
+    }
+
+    #[test]
+    fn truncated_nlri_is_an_update_error() {
+        let attrs = [&ORIGIN_IGP[..], &AS_PATH_65001, &NEXT_HOP].concat();
+        let n = decode_update(&update_frame(&attrs, &[32, 198, 51])).unwrap_err();
+        assert_eq!(n.code, err::UPDATE, "{n}");
+    }
+
+    #[test]
+    fn frame_length_checks_marker_type_and_bounds() {
+        let mut h = [0xffu8; HEADER_LEN];
+        h[16..18].copy_from_slice(&19u16.to_be_bytes());
+        h[18] = TYPE_KEEPALIVE;
+        assert_eq!(frame_length(&h, MAX_MESSAGE_LEN), Ok(19));
+        h[18] = 9;
+        assert_eq!(frame_length(&h, MAX_MESSAGE_LEN).unwrap_err().subcode, 3);
+        h[18] = TYPE_UPDATE;
+        h[16..18].copy_from_slice(&5000u16.to_be_bytes());
+        assert_eq!(frame_length(&h, MAX_MESSAGE_LEN).unwrap_err().subcode, 2);
+        assert_eq!(frame_length(&h, MAX_EXTENDED_MESSAGE_LEN), Ok(5000));
+        h[18] = TYPE_OPEN;
+        assert!(frame_length(&h, MAX_EXTENDED_MESSAGE_LEN).is_err(), "OPEN stays ≤ 4096");
+        h[0] = 0;
+        assert_eq!(frame_length(&h, MAX_MESSAGE_LEN).unwrap_err().subcode, 1);
+    }
+
+    #[test]
+    fn notifications_round_trip_with_shutdown_text() {
+        let n = Notification::cease_with_text(err::CEASE_ADMIN_SHUTDOWN, "bye ✓");
+        match decode(&n.encode(), ASN4).unwrap() {
+            Message::Notification(got) => {
+                assert_eq!(got, n);
+                assert_eq!(got.shutdown_text().as_deref(), Some("bye ✓"));
+                assert!(got.to_string().contains("administrative shutdown"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Text longer than 255 bytes is cut at a character boundary.
+        let long = "✓".repeat(100);
+        let n = Notification::cease_with_text(err::CEASE_ADMIN_SHUTDOWN, &long);
+        assert_eq!(n.data[0], 255);
+        assert!(n.shutdown_text().unwrap().chars().all(|c| c == '✓'));
+    }
+
+    #[test]
+    fn open_round_trips_with_capabilities() {
+        let open = Open {
+            version: 4,
+            asn: 4_200_000_001,
+            hold_time: 90,
+            router_id: Ipv4Addr::new(192, 0, 2, 1),
+            capabilities: Capabilities {
+                families: vec![Family::Ipv4, Family::Ipv6],
+                route_refresh: true,
+                enhanced_route_refresh: true,
+                asn4: Some(4_200_000_001),
+                graceful_restart: Some(GracefulRestart {
+                    restarting: true,
+                    restart_time: 120,
+                    families: vec![(Family::Ipv4, true), (Family::Ipv6, true)],
+                }),
+                extended_message: true,
+                extended_next_hop_v4: true,
+            },
+        };
+        let bytes = open.encode().unwrap();
+        // The 2-octet field carries AS_TRANS for a 4-octet AS.
+        assert_eq!(&bytes[20..22], &AS_TRANS.to_be_bytes());
+        assert_eq!(decode(&bytes, ASN4).unwrap(), Message::Open(open));
+    }
+
+    #[test]
+    fn route_refresh_round_trips() {
+        let got = decode(&route_refresh(Family::Ipv6, 1), ASN4).unwrap();
+        assert_eq!(
+            got,
+            Message::RouteRefresh {
+                family: Some(Family::Ipv6),
+                subtype: 1
+            }
+        );
+    }
+}
