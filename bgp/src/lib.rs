@@ -15,3 +15,4 @@
 pub mod codec;
 pub mod fsm;
 pub mod pack;
+pub mod rib;
