@@ -78,6 +78,10 @@ pub enum Event {
     Message(Message),
     /// A frame could not be decoded; the NOTIFICATION to send.
     DecodeError(Notification),
+    /// Connection collision (RFC 4271 §6.8) lost by the current connection before
+    /// Established: the driver closed it and continues with the other one, which it reports
+    /// with [`Event::TcpConnected`] next. Not a failure: no back-off.
+    ConnectionReplaced,
 }
 
 /// A message the driver encodes and sends.
@@ -246,6 +250,13 @@ impl Fsm {
                 self.start(&mut out)
             }
             (State::Idle, Event::TcpConnected) => out.push(Action::Disconnect),
+            (State::OpenSent | State::OpenConfirm, Event::ConnectionReplaced) => {
+                out.push(Action::StopTimer(Timer::Hold));
+                out.push(Action::StopTimer(Timer::Keepalive));
+                self.negotiated = None;
+                self.state = State::Active;
+            }
+            (_, Event::ConnectionReplaced) => {}
             (State::Idle, _) => {}
 
             (_, Event::ManualStop { text }) => {
@@ -555,6 +566,7 @@ fn event_name(event: &Event) -> &'static str {
         Event::Message(Message::Keepalive) => "KEEPALIVE",
         Event::Message(Message::RouteRefresh { .. }) => "ROUTE-REFRESH",
         Event::DecodeError(_) => "malformed message",
+        Event::ConnectionReplaced => "connection replacement",
     }
 }
 

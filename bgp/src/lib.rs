@@ -13,6 +13,8 @@
 //! - [`speaker`]: the task owning the RIBs, and its [`SpeakerHandle`].
 
 pub mod codec;
+pub mod config;
 pub mod fsm;
 pub mod pack;
 pub mod rib;
+mod sockopt;

@@ -475,3 +475,16 @@ fn collisions_keep_the_connection_of_the_higher_identifier() {
     assert_eq!(collision_winner(PEER, US), CollisionWinner::Ours);
     assert_eq!(collision_winner(US, PEER), CollisionWinner::Theirs);
 }
+
+#[test]
+fn a_collision_switch_resumes_on_the_other_connection_without_back_off() {
+    for state in [State::OpenSent, State::OpenConfirm] {
+        let mut fsm = in_state(state);
+        let a = fsm.handle(Event::ConnectionReplaced);
+        assert_eq!(fsm.state(), State::Active);
+        assert!(starts(&a, Timer::IdleHold).is_none());
+        assert!(!a.contains(&Action::Disconnect), "the driver already closed it");
+        fsm.handle(Event::TcpConnected);
+        assert_eq!(fsm.state(), State::OpenSent);
+    }
+}
