@@ -242,7 +242,10 @@ fn bad_length(len: usize) -> Notification {
     Notification {
         code: err::HEADER,
         subcode: err::HEADER_BAD_LENGTH,
-        data: u16::try_from(len).unwrap_or(u16::MAX).to_be_bytes().to_vec(),
+        data: u16::try_from(len)
+            .unwrap_or(u16::MAX)
+            .to_be_bytes()
+            .to_vec(),
     }
 }
 
@@ -614,8 +617,12 @@ fn update_from_netgauze(
         end_of_rib: update.end_of_rib().and_then(Family::from_address_type),
         ..Update::default()
     };
-    out.withdrawn
-        .extend(update.withdraw_routes().iter().map(|a| IpNet::V4(a.network().address())));
+    out.withdrawn.extend(
+        update
+            .withdraw_routes()
+            .iter()
+            .map(|a| IpNet::V4(a.network().address())),
+    );
     let mut attrs = PathAttrs::default();
     let (mut has_origin, mut has_as_path, mut next_hop) = (false, false, None);
     for attr in update.path_attributes() {
@@ -813,9 +820,15 @@ mod tests {
         let attrs = [&ORIGIN_IGP[..], &AS_PATH_65001, &NEXT_HOP].concat();
         let u = decode_update(&update_frame(&attrs, &NLRI)).unwrap();
         assert_eq!(u.treat_as_withdraw, None);
-        assert_eq!(u.reach[0].prefixes, vec!["198.51.100.10/32".parse().unwrap()]);
+        assert_eq!(
+            u.reach[0].prefixes,
+            vec!["198.51.100.10/32".parse().unwrap()]
+        );
         assert_eq!(u.reach[0].next_hop, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 0)));
-        assert_eq!((u.attrs.as_path.clone(), u.attrs.as_path_len), (vec![65001], 1));
+        assert_eq!(
+            (u.attrs.as_path.clone(), u.attrs.as_path_len),
+            (vec![65001], 1)
+        );
     }
 
     #[test]
@@ -869,7 +882,10 @@ mod tests {
         assert_eq!(frame_length(&h, MAX_MESSAGE_LEN).unwrap_err().subcode, 2);
         assert_eq!(frame_length(&h, MAX_EXTENDED_MESSAGE_LEN), Ok(5000));
         h[18] = TYPE_OPEN;
-        assert!(frame_length(&h, MAX_EXTENDED_MESSAGE_LEN).is_err(), "OPEN stays ≤ 4096");
+        assert!(
+            frame_length(&h, MAX_EXTENDED_MESSAGE_LEN).is_err(),
+            "OPEN stays ≤ 4096"
+        );
         h[0] = 0;
         assert_eq!(frame_length(&h, MAX_MESSAGE_LEN).unwrap_err().subcode, 1);
     }

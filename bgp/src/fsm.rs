@@ -12,7 +12,9 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use crate::codec::{Capabilities, Family, GracefulRestart, Message, Notification, Open, Update, err};
+use crate::codec::{
+    Capabilities, Family, GracefulRestart, Message, Notification, Open, Update, err,
+};
 
 /// Session states (RFC 4271 §8.2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -269,7 +271,7 @@ impl Fsm {
                     out.push(Action::Send(Outgoing::Notification(cease.clone())));
                 }
                 self.last_error = Some(format!("stopped: {text}"));
-                self.to_idle(&mut out, Some(DownReason::Sent(cease)));
+                self.enter_idle(&mut out, Some(DownReason::Sent(cease)));
                 out.push(Action::StopTimer(Timer::IdleHold));
             }
 
@@ -346,13 +348,13 @@ impl Fsm {
                 self.state = State::Established;
             }
 
-            (
-                State::OpenConfirm | State::Established,
-                Event::TimerExpired(Timer::Keepalive),
-            ) => {
+            (State::OpenConfirm | State::Established, Event::TimerExpired(Timer::Keepalive)) => {
                 out.push(Action::Send(Outgoing::Keepalive));
                 if let Some(n) = &self.negotiated {
-                    out.push(Action::StartTimer(Timer::Keepalive, keepalive_interval(n.hold_time)));
+                    out.push(Action::StartTimer(
+                        Timer::Keepalive,
+                        keepalive_interval(n.hold_time),
+                    ));
                 }
             }
             (State::Established, Event::Message(Message::Keepalive)) => self.restart_hold(&mut out),
@@ -390,10 +392,9 @@ impl Fsm {
                     Some(DownReason::ConnectionLost),
                 );
             }
-            (
-                State::OpenSent | State::OpenConfirm | State::Established,
-                Event::DecodeError(n),
-            ) => self.fail_with(&mut out, n),
+            (State::OpenSent | State::OpenConfirm | State::Established, Event::DecodeError(n)) => {
+                self.fail_with(&mut out, n)
+            }
             (State::OpenSent | State::OpenConfirm | State::Established, Event::Message(_))
             | (State::OpenSent | State::OpenConfirm | State::Established, Event::TcpConnected) => {
                 // A message or event this state does not expect: FSM error (RFC 6608 subcodes).
@@ -404,10 +405,8 @@ impl Fsm {
                 };
                 self.fail_with(&mut out, Notification::new(err::FSM, subcode));
             }
-            (
-                State::OpenSent | State::OpenConfirm | State::Established,
-                Event::TimerExpired(_),
-            ) => {}
+            (State::OpenSent | State::OpenConfirm | State::Established, Event::TimerExpired(_)) => {
+            }
         }
         out
     }
@@ -518,7 +517,7 @@ impl Fsm {
     /// Closes and goes to Idle, arming the back-off timer for the automatic restart.
     fn fail(&mut self, out: &mut Vec<Action>, error: String, reason: Option<DownReason>) {
         self.last_error = Some(error);
-        self.to_idle(out, reason);
+        self.enter_idle(out, reason);
         self.failures = self.failures.saturating_add(1);
         if !self.stopped {
             out.push(Action::StartTimer(Timer::IdleHold, self.idle_hold()));
@@ -534,7 +533,7 @@ impl Fsm {
             .min(self.cfg.max_idle_hold)
     }
 
-    fn to_idle(&mut self, out: &mut Vec<Action>, reason: Option<DownReason>) {
+    fn enter_idle(&mut self, out: &mut Vec<Action>, reason: Option<DownReason>) {
         let was_established = self.state == State::Established;
         if self.state != State::Idle {
             out.push(Action::Disconnect);

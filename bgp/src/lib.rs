@@ -9,7 +9,7 @@
 //! - [`pack`]: outgoing UPDATEs packed to the negotiated size;
 //! - [`fsm`]: the RFC 4271 session state machine, pure (events in, actions out);
 //! - [`rib`]: Adj-RIB-In, Loc-RIB best path with ECMP, Adj-RIB-Out;
-//! - [`session`]: the tokio driver of one peer (sockets, timers, connection collisions);
+//! - `session`: the tokio driver of one peer (sockets, timers, connection collisions);
 //! - [`speaker`]: the task owning the RIBs, and its [`SpeakerHandle`].
 
 pub mod codec;
@@ -17,4 +17,10 @@ pub mod config;
 pub mod fsm;
 pub mod pack;
 pub mod rib;
+mod session;
 mod sockopt;
+pub mod speaker;
+
+pub use config::{PeerConfig, SpeakerConfig};
+pub use rib::RouteEvent;
+pub use speaker::{LearnedRoute, PeerSnapshot, Shutdown, Speaker, SpeakerError, SpeakerHandle};

@@ -164,7 +164,12 @@ pub fn announcements(
             (Encoding::Classic, NextHopSelf::V4(nh)) => {
                 path.insert(
                     2,
-                    attr(false, true, false, PathAttributeValue::NextHop(NextHop::new(nh)))?,
+                    attr(
+                        false,
+                        true,
+                        false,
+                        PathAttributeValue::NextHop(NextHop::new(nh)),
+                    )?,
                 );
                 v4_nlri(chunk)?
             }
@@ -284,7 +289,11 @@ fn common_attributes(attrs: &ExportAttrs) -> Result<Vec<PathAttribute>, EncodeEr
         )?);
     }
     if !attrs.communities.is_empty() {
-        let list: Vec<Community> = attrs.communities.iter().map(|&c| Community::new(c)).collect();
+        let list: Vec<Community> = attrs
+            .communities
+            .iter()
+            .map(|&c| Community::new(c))
+            .collect();
         out.push(attr(
             true,
             true,
@@ -314,9 +323,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::codec::{
-        DecodeContext, MAX_EXTENDED_MESSAGE_LEN, MAX_MESSAGE_LEN, Message, decode,
-    };
+    use crate::codec::{DecodeContext, MAX_EXTENDED_MESSAGE_LEN, MAX_MESSAGE_LEN, Message, decode};
 
     fn ebgp_v4() -> ExportAttrs {
         ExportAttrs {

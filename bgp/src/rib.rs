@@ -163,10 +163,10 @@ pub struct LocRib {
 
 impl LocRib {
     /// Recomputes `prefixes` from the peers' Adj-RIBs-In and returns the dataplane changes.
-    pub fn recompute<'a>(
+    pub fn recompute(
         &mut self,
         prefixes: impl IntoIterator<Item = IpNet>,
-        peers: &[(&'a AdjRibIn, PeerKind)],
+        peers: &[(&AdjRibIn, PeerKind)],
     ) -> Vec<RouteEvent> {
         let mut events = Vec::new();
         for prefix in prefixes {
@@ -343,8 +343,14 @@ mod tests {
     #[test]
     fn loc_rib_picks_the_shortest_path_and_emits_changes_only() {
         let (mut a, mut b) = (AdjRibIn::default(), AdjRibIn::default());
-        a.apply(&announce(&["0.0.0.0/0"], "192.0.2.0", path_len(2)), &AcceptAll);
-        b.apply(&announce(&["0.0.0.0/0"], "192.0.2.2", path_len(1)), &AcceptAll);
+        a.apply(
+            &announce(&["0.0.0.0/0"], "192.0.2.0", path_len(2)),
+            &AcceptAll,
+        );
+        b.apply(
+            &announce(&["0.0.0.0/0"], "192.0.2.2", path_len(1)),
+            &AcceptAll,
+        );
         let mut loc = LocRib::default();
         let events = loc.recompute([net("0.0.0.0/0")], &[(&a, EBGP), (&b, EBGP)]);
         assert_eq!(
@@ -354,14 +360,23 @@ mod tests {
                 next_hops: vec![ip("192.0.2.2")]
             }]
         );
-        assert!(loc.recompute([net("0.0.0.0/0")], &[(&a, EBGP), (&b, EBGP)]).is_empty());
+        assert!(
+            loc.recompute([net("0.0.0.0/0")], &[(&a, EBGP), (&b, EBGP)])
+                .is_empty()
+        );
     }
 
     #[test]
     fn equal_paths_from_two_tors_give_ecmp() {
         let (mut a, mut b) = (AdjRibIn::default(), AdjRibIn::default());
-        a.apply(&announce(&["::/0"], "2001:db8:ffff:1::1", path_len(1)), &AcceptAll);
-        b.apply(&announce(&["::/0"], "2001:db8:ffff::1", path_len(1)), &AcceptAll);
+        a.apply(
+            &announce(&["::/0"], "2001:db8:ffff:1::1", path_len(1)),
+            &AcceptAll,
+        );
+        b.apply(
+            &announce(&["::/0"], "2001:db8:ffff::1", path_len(1)),
+            &AcceptAll,
+        );
         let mut loc = LocRib::default();
         let events = loc.recompute([net("::/0")], &[(&a, EBGP), (&b, EBGP)]);
         assert_eq!(
@@ -401,7 +416,10 @@ mod tests {
             let (mut a, mut b) = (AdjRibIn::default(), AdjRibIn::default());
             a.apply(&announce(&["0.0.0.0/0"], "192.0.2.0", x), &AcceptAll);
             b.apply(&announce(&["0.0.0.0/0"], "192.0.2.2", y), &AcceptAll);
-            match loc.recompute([net("0.0.0.0/0")], &[(&a, EBGP), (&b, ky)]).pop() {
+            match loc
+                .recompute([net("0.0.0.0/0")], &[(&a, EBGP), (&b, ky)])
+                .pop()
+            {
                 Some(RouteEvent::Install { next_hops, .. }) => next_hops,
                 other => panic!("{other:?}"),
             }
@@ -430,28 +448,42 @@ mod tests {
     #[test]
     fn rejected_paths_never_reach_the_loc_rib() {
         let mut a = AdjRibIn::default();
-        a.apply(&announce(&["198.51.100.0/24"], "192.0.2.0", path_len(1)), &DefaultOnly);
+        a.apply(
+            &announce(&["198.51.100.0/24"], "192.0.2.0", path_len(1)),
+            &DefaultOnly,
+        );
         let mut loc = LocRib::default();
-        assert!(loc.recompute([net("198.51.100.0/24")], &[(&a, EBGP)]).is_empty());
+        assert!(
+            loc.recompute([net("198.51.100.0/24")], &[(&a, EBGP)])
+                .is_empty()
+        );
         assert_eq!(a.received(), 1);
     }
 
     #[test]
     fn stale_paths_stay_installed_until_purged() {
         let mut a = AdjRibIn::default();
-        a.apply(&announce(&["0.0.0.0/0", "::/0"], "192.0.2.0", path_len(1)), &AcceptAll);
+        a.apply(
+            &announce(&["0.0.0.0/0", "::/0"], "192.0.2.0", path_len(1)),
+            &AcceptAll,
+        );
         let mut loc = LocRib::default();
         loc.recompute([net("0.0.0.0/0"), net("::/0")], &[(&a, EBGP)]);
         a.mark_stale(None);
         assert!(loc.recompute([net("0.0.0.0/0")], &[(&a, EBGP)]).is_empty());
         // The peer re-announces the default route: fresh again, so only ::/0 is purged.
-        a.apply(&announce(&["0.0.0.0/0"], "192.0.2.0", path_len(1)), &AcceptAll);
+        a.apply(
+            &announce(&["0.0.0.0/0"], "192.0.2.0", path_len(1)),
+            &AcceptAll,
+        );
         assert_eq!(a.purge_stale(Some(Family::Ipv4)), Vec::<IpNet>::new());
         let gone = a.purge_stale(None);
         assert_eq!(gone, vec![net("::/0")]);
         assert_eq!(
             loc.recompute(gone, &[(&a, EBGP)]),
-            vec![RouteEvent::Remove { prefix: net("::/0") }]
+            vec![RouteEvent::Remove {
+                prefix: net("::/0")
+            }]
         );
     }
 
@@ -481,7 +513,10 @@ mod tests {
         assert_eq!(out.flush(&export, &fams), Flush::default());
         export.remove(&net("198.51.100.10/32"));
         out.touch(net("198.51.100.10/32"));
-        assert_eq!(out.flush(&export, &fams).withdraw, vec![net("198.51.100.10/32")]);
+        assert_eq!(
+            out.flush(&export, &fams).withdraw,
+            vec![net("198.51.100.10/32")]
+        );
         assert_eq!(out.advertised(), 0);
     }
 

@@ -68,7 +68,12 @@ pub fn set_min_ttl(socket: &Socket, v6: bool, min: u8) -> io::Result<()> {
     }
 }
 
-fn setsockopt<T>(socket: &Socket, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+fn setsockopt<T>(
+    socket: &Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
     let len = libc::socklen_t::try_from(std::mem::size_of::<T>())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "option too large"))?;
     // SAFETY: the fd is open for the lifetime of `socket`; `value` points to `len` readable

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use skog_bgp::codec::{
-    self, Capabilities, DecodeContext, Family, HEADER_LEN, MAX_EXTENDED_MESSAGE_LEN,
-    Notification, Open,
+    self, Capabilities, DecodeContext, Family, HEADER_LEN, MAX_EXTENDED_MESSAGE_LEN, Notification,
+    Open,
 };
 use skog_bgp::fsm::{Event, Fsm, FsmConfig, State};
 use skog_bgp::pack::{self, Encoding, ExportAttrs, NextHopSelf};
@@ -227,8 +227,9 @@ fn decoder_and_fsm_survive_random_and_mutated_frames() {
             panic!("input {i} panicked: {frame:02x?}");
         }
         let ok = frame.len() >= HEADER_LEN
-            && codec::frame_length(frame[..HEADER_LEN].try_into().unwrap(), 65535)
-                .is_ok_and(|l| frame.len() >= l && codec::decode(&frame[..l], DecodeContext { asn4: true }).is_ok());
+            && codec::frame_length(frame[..HEADER_LEN].try_into().unwrap(), 65535).is_ok_and(|l| {
+                frame.len() >= l && codec::decode(&frame[..l], DecodeContext { asn4: true }).is_ok()
+            });
         if ok {
             decoded += 1;
         } else {
@@ -237,5 +238,8 @@ fn decoder_and_fsm_survive_random_and_mutated_frames() {
     }
     // The corpus must exercise both paths, or the test proves nothing.
     assert!(decoded > iterations / 20, "only {decoded} frames decoded");
-    assert!(rejected > iterations / 20, "only {rejected} frames rejected");
+    assert!(
+        rejected > iterations / 20,
+        "only {rejected} frames rejected"
+    );
 }

@@ -102,7 +102,10 @@ fn idle_start_connects_and_arms_the_retry_timer() {
     let a = fsm.handle(Event::ManualStart);
     assert_eq!(fsm.state(), State::Connect);
     assert!(a.contains(&Action::Connect));
-    assert_eq!(starts(&a, Timer::ConnectRetry), Some(Duration::from_secs(1)));
+    assert_eq!(
+        starts(&a, Timer::ConnectRetry),
+        Some(Duration::from_secs(1))
+    );
 }
 
 #[test]
@@ -121,7 +124,10 @@ fn idle_refuses_connections_and_ignores_messages() {
     let mut fsm = in_state(State::Idle);
     assert_eq!(fsm.handle(Event::TcpConnected), vec![Action::Disconnect]);
     assert!(fsm.handle(msg(Message::Keepalive)).is_empty());
-    assert!(fsm.handle(Event::TimerExpired(Timer::IdleHold)).is_empty(), "stopped");
+    assert!(
+        fsm.handle(Event::TimerExpired(Timer::IdleHold)).is_empty(),
+        "stopped"
+    );
     assert_eq!(fsm.state(), State::Idle);
 }
 
@@ -179,7 +185,10 @@ fn connection_sends_our_open_from_connect_and_active() {
             _ => None,
         });
         let open = open.unwrap();
-        assert_eq!((open.asn, open.hold_time, open.router_id), (4_200_000_001, 9, US));
+        assert_eq!(
+            (open.asn, open.hold_time, open.router_id),
+            (4_200_000_001, 9, US)
+        );
         assert_eq!(starts(&a, Timer::Hold), Some(LARGE_HOLD));
         assert!(a.contains(&Action::StopTimer(Timer::ConnectRetry)));
     }
@@ -202,7 +211,10 @@ fn valid_open_is_confirmed_with_negotiated_timers() {
     assert_eq!(starts(&a, Timer::Hold), Some(Duration::from_secs(9)));
     assert_eq!(starts(&a, Timer::Keepalive), Some(Duration::from_secs(3)));
     let n = fsm.negotiated().unwrap();
-    assert_eq!((n.peer_asn, n.peer_router_id, n.hold_time), (65001, PEER, 9));
+    assert_eq!(
+        (n.peer_asn, n.peer_router_id, n.hold_time),
+        (65001, PEER, 9)
+    );
 }
 
 #[test]
@@ -237,10 +249,34 @@ fn zero_hold_time_disables_keepalives_and_the_hold_timer() {
 #[test]
 fn bad_opens_are_refused_with_the_right_subcode() {
     let cases = [
-        (Open { version: 3, ..peer_open() }, (2, 1)),
-        (Open { asn: 65002, ..peer_open() }, (2, 2)),
-        (Open { router_id: Ipv4Addr::UNSPECIFIED, ..peer_open() }, (2, 3)),
-        (Open { hold_time: 2, ..peer_open() }, (2, 6)),
+        (
+            Open {
+                version: 3,
+                ..peer_open()
+            },
+            (2, 1),
+        ),
+        (
+            Open {
+                asn: 65002,
+                ..peer_open()
+            },
+            (2, 2),
+        ),
+        (
+            Open {
+                router_id: Ipv4Addr::UNSPECIFIED,
+                ..peer_open()
+            },
+            (2, 3),
+        ),
+        (
+            Open {
+                hold_time: 2,
+                ..peer_open()
+            },
+            (2, 6),
+        ),
         (
             Open {
                 capabilities: Capabilities {
@@ -302,7 +338,11 @@ fn hold_timer_expiry_sends_hold_timer_expired() {
 fn unexpected_messages_are_fsm_errors_with_rfc6608_subcodes() {
     let cases = [
         (State::OpenSent, msg(Message::Keepalive), 1),
-        (State::OpenConfirm, msg(Message::Update(Update::default())), 2),
+        (
+            State::OpenConfirm,
+            msg(Message::Update(Update::default())),
+            2,
+        ),
         (State::Established, msg(Message::Open(peer_open())), 3),
     ];
     for (state, event, subcode) in cases {
@@ -342,7 +382,10 @@ fn keepalive_timer_sends_keepalives_and_rearms() {
 fn established_keepalive_restarts_the_hold_timer() {
     let mut fsm = in_state(State::Established);
     let a = fsm.handle(msg(Message::Keepalive));
-    assert_eq!(a, vec![Action::StartTimer(Timer::Hold, Duration::from_secs(9))]);
+    assert_eq!(
+        a,
+        vec![Action::StartTimer(Timer::Hold, Duration::from_secs(9))]
+    );
 }
 
 #[test]
@@ -439,7 +482,9 @@ fn manual_stop_sends_an_rfc8203_shutdown_and_does_not_restart() {
 #[test]
 fn manual_stop_before_open_only_closes() {
     let mut fsm = in_state(State::Connect);
-    let a = fsm.handle(Event::ManualStop { text: String::new() });
+    let a = fsm.handle(Event::ManualStop {
+        text: String::new(),
+    });
     assert_eq!(sent_notification(&a), None);
     assert!(a.contains(&Action::Disconnect));
     assert_eq!(fsm.state(), State::Idle);
@@ -483,7 +528,10 @@ fn a_collision_switch_resumes_on_the_other_connection_without_back_off() {
         let a = fsm.handle(Event::ConnectionReplaced);
         assert_eq!(fsm.state(), State::Active);
         assert!(starts(&a, Timer::IdleHold).is_none());
-        assert!(!a.contains(&Action::Disconnect), "the driver already closed it");
+        assert!(
+            !a.contains(&Action::Disconnect),
+            "the driver already closed it"
+        );
         fsm.handle(Event::TcpConnected);
         assert_eq!(fsm.state(), State::OpenSent);
     }
