@@ -90,7 +90,13 @@ pub(crate) fn bird_tor_config(cfg: &RouterConfig) -> String {
             asn = cfg.asn,
             remote = n.remote,
             ras = n.remote_asn,
-            rr = if ibgp { "\n  rr client;" } else { "" },
+            // iBGP is multihop in BIRD unless told otherwise, and multihop cannot use
+            // `gateway direct`; the neighbours are on the link.
+            rr = if ibgp {
+                "\n  rr client;\n  direct;"
+            } else {
+                ""
+            },
         );
     }
     s
@@ -114,14 +120,11 @@ pub(crate) fn bird_hypervisor_config(cfg: &RouterConfig) -> String {
         } else {
             ("ipv6", 128)
         };
-        let extra = if n.remote_asn == cfg.asn {
-            " gateway direct;"
-        } else {
-            ""
-        };
+        let ibgp = n.remote_asn == cfg.asn;
+        let extra = if ibgp { " gateway direct;" } else { "" };
         let _ = writeln!(
             s,
-            "protocol bgp {name} {{\n  local {local} as {asn};\n  neighbor {remote} as {ras};\n  \
+            "protocol bgp {name} {{\n  local {local} as {asn};\n  neighbor {remote} as {ras};{direct}\n  \
              graceful restart on;\n  connect retry time 1;\n  \
              {family} {{ import all; export where source = RTS_INHERIT && net.len = {host_len}; next hop self;{extra} }};\n}}",
             name = n.name,
@@ -129,6 +132,7 @@ pub(crate) fn bird_hypervisor_config(cfg: &RouterConfig) -> String {
             asn = cfg.asn,
             remote = n.remote,
             ras = n.remote_asn,
+            direct = if ibgp { "\n  direct;" } else { "" },
         );
     }
     s
