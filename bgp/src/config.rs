@@ -23,6 +23,9 @@ pub struct SpeakerConfig {
     pub peers: Vec<PeerConfig>,
     /// Graceful restart (RFC 4724); `None` disables both roles.
     pub graceful_restart: Option<GracefulRestartConfig>,
+    /// Endpoint routes to announce from the start, so that the first UPDATEs (and, after a
+    /// graceful restart, the End-of-RIB) already carry them.
+    pub export: Vec<IpNet>,
 }
 
 /// Graceful restart settings.

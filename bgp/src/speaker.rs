@@ -87,6 +87,8 @@ pub struct PeerSnapshot {
     pub advertised: usize,
     /// Whether its routes are stale (it is restarting gracefully).
     pub stale: bool,
+    /// ROUTE-REFRESH requests answered.
+    pub refreshes_answered: u64,
 }
 
 /// A learned route in the Loc-RIB.
@@ -219,7 +221,7 @@ impl Speaker {
             graceful_restart: config.graceful_restart,
             peers: HashMap::new(),
             next_id: 0,
-            export: HashSet::new(),
+            export: config.export.into_iter().collect(),
             loc: LocRib::default(),
             events,
             reports_tx,
@@ -289,6 +291,7 @@ struct PeerEntry {
     kind: PeerKind,
     /// Graceful restart (helper): when the peer's stale routes go.
     stale_until: Option<Instant>,
+    refreshes_answered: u64,
 }
 
 /// The import filter plus AS-path loop detection.
@@ -436,6 +439,7 @@ impl SpeakerTask {
                 adj_in: AdjRibIn::default(),
                 adj_out: AdjRibOut::default(),
                 stale_until: None,
+                refreshes_answered: 0,
             },
         );
         Ok(())
@@ -697,6 +701,7 @@ impl SpeakerTask {
             epoch: s.epoch,
             frames,
         });
+        p.refreshes_answered += 1;
     }
 
     fn flush(&mut self) {
@@ -813,5 +818,6 @@ fn snapshot(p: &PeerEntry) -> PeerSnapshot {
         accepted: p.adj_in.accepted(),
         advertised: p.adj_out.advertised(),
         stale: p.stale_until.is_some(),
+        refreshes_answered: p.refreshes_answered,
     }
 }

@@ -51,6 +51,7 @@ pub fn speaker_config(tb: &Testbed, hv: HvId, gr: Option<GracefulRestartConfig>)
         listen: Some(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 179))),
         peers,
         graceful_restart: gr,
+        export: Vec::new(),
     }
 }
 
@@ -103,11 +104,24 @@ fn install(ns: &str, event: &RouteEvent) {
     match event {
         RouteEvent::Install { prefix, next_hops } => {
             cmd.args(["route", "replace", &prefix.to_string(), "proto", "bgp"]);
+            let via = |hop: &IpAddr| {
+                // RFC 8950: an IPv4 route through an IPv6 next hop.
+                let family = if prefix.addr().is_ipv4() && hop.is_ipv6() {
+                    "inet6"
+                } else {
+                    ""
+                };
+                ["via", family, &hop.to_string()]
+                    .into_iter()
+                    .filter(|w| !w.is_empty())
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            };
             if let [one] = next_hops.as_slice() {
-                cmd.args(["via", &one.to_string()]);
+                cmd.args(via(one));
             } else {
                 for hop in next_hops {
-                    cmd.args(["nexthop", "via", &hop.to_string()]);
+                    cmd.arg("nexthop").args(via(hop));
                 }
             }
         }
