@@ -1,1 +1,26 @@
-//! The BGP speaker library for a hypervisor (built under the BGP issue).
+//! skog-bgp: a BGP-4 speaker library for a hypervisor.
+//!
+//! It keeps a handful of sessions to top-of-rack routers, announces the hypervisor's endpoint
+//! routes (next-hop self) and learns fabric routes, which it hands to the agent as
+//! [`RouteEvent`]s; it never touches netlink itself. See `docs/bgp.md`.
+//!
+//! Layers, each in its own module:
+//! - [`codec`]: frames and messages (netgauze-bgp-pkt underneath), RFC 7606 treatment;
+//! - [`pack`]: outgoing UPDATEs packed to the negotiated size;
+//! - [`fsm`]: the RFC 4271 session state machine, pure (events in, actions out);
+//! - [`rib`]: Adj-RIB-In, Loc-RIB best path with ECMP, Adj-RIB-Out;
+//! - `session`: the tokio driver of one peer (sockets, timers, connection collisions);
+//! - [`speaker`]: the task owning the RIBs, and its [`SpeakerHandle`].
+
+pub mod codec;
+pub mod config;
+pub mod fsm;
+pub mod pack;
+pub mod rib;
+mod session;
+mod sockopt;
+pub mod speaker;
+
+pub use config::{PeerConfig, SpeakerConfig};
+pub use rib::RouteEvent;
+pub use speaker::{LearnedRoute, PeerSnapshot, Shutdown, Speaker, SpeakerError, SpeakerHandle};

@@ -12,7 +12,7 @@ use crate::exec::require_program;
 use crate::netns::{Netns, clean_leftovers, require_root, unique_prefix};
 use crate::process::Process;
 use crate::routes::KernelRoute;
-use crate::tor::{self, Neighbor, RouterConfig, TorDaemon};
+use crate::tor::{self, Neighbor, RouterConfig, TorDaemon, TorOptions};
 use crate::wait::wait_until;
 use crate::{Error, Result};
 
@@ -125,6 +125,8 @@ pub struct Tor {
     pub asn: u32,
     /// Its router id.
     pub router_id: Ipv4Addr,
+    /// Optional session features of its generated configuration.
+    pub options: TorOptions,
     dir: PathBuf,
     processes: Vec<Process>,
     ns: Netns,
@@ -285,6 +287,7 @@ impl Testbed {
             daemon,
             asn,
             router_id,
+            options: TorOptions::default(),
             dir: self.dir.join(name),
             processes: Vec::new(),
             ns,
@@ -424,6 +427,7 @@ impl Testbed {
             asn: t.asn,
             router_id: t.router_id,
             neighbors,
+            options: t.options.clone(),
         })
     }
 
@@ -434,6 +438,30 @@ impl Testbed {
         let t = self.tor(tor)?;
         let processes = tor::start_tor(t.daemon, &t.name, &t.ns, &t.dir, &cfg)?;
         self.tors[tor.0].processes = processes;
+        Ok(())
+    }
+
+    /// Sets optional session features (MD5, extended next hop) for the ToR's generated
+    /// configuration; takes effect at the next [`Testbed::start_tor`].
+    pub fn set_tor_options(&mut self, tor: TorId, options: TorOptions) -> Result<()> {
+        self.tors
+            .get_mut(tor.0)
+            .ok_or_else(|| unknown("ToR", tor.0))?
+            .options = options;
+        Ok(())
+    }
+
+    /// Kills the ToR's daemon with SIGKILL: no NOTIFICATION, the kernel just closes its
+    /// connections (a crash, for graceful-restart tests). [`Testbed::start_tor`] restarts it.
+    pub fn kill_tor(&mut self, tor: TorId) -> Result<()> {
+        let t = self
+            .tors
+            .get_mut(tor.0)
+            .ok_or_else(|| unknown("ToR", tor.0))?;
+        while let Some(mut p) = t.processes.pop() {
+            let _ = p.signal(nix::sys::signal::Signal::SIGKILL);
+            p.stop(Duration::from_secs(5));
+        }
         Ok(())
     }
 
@@ -480,6 +508,7 @@ impl Testbed {
             asn: h.asn,
             router_id,
             neighbors,
+            options: TorOptions::default(),
         };
         let dir = self.dir.join(format!("{}-bird", h.name));
         let process = tor::start_bird(&h.ns, &dir, &tor::bird_hypervisor_config(&cfg))?;

@@ -60,6 +60,18 @@ pub(crate) struct RouterConfig {
     pub asn: u32,
     pub router_id: Ipv4Addr,
     pub neighbors: Vec<Neighbor>,
+    pub options: TorOptions,
+}
+
+/// Optional session features of a ToR's generated configuration (all off by default); set
+/// them with [`crate::Testbed::set_tor_options`] before starting the ToR.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TorOptions {
+    /// TCP MD5 password (RFC 2385) on every session.
+    pub md5_password: Option<String>,
+    /// Also carry IPv4 unicast on the IPv6 sessions, with IPv6 next hops (RFC 8950). BIRD
+    /// and FRR only.
+    pub extended_next_hop: bool,
 }
 
 const FRR_DIR: &str = "/usr/lib/frr";
@@ -80,17 +92,33 @@ pub(crate) fn bird_tor_config(cfg: &RouterConfig) -> String {
         let ibgp = n.remote_asn == cfg.asn;
         let family = if n.remote.is_ipv4() { "ipv4" } else { "ipv6" };
         let extra = if ibgp { " gateway direct;" } else { "" };
+        let mut more = String::new();
+        if let Some(pw) = &cfg.options.md5_password {
+            let _ = write!(more, "\n  password \"{pw}\";");
+        }
+        if cfg.options.extended_next_hop && n.remote.is_ipv6() {
+            let _ = write!(
+                more,
+                "\n  ipv4 {{ import all; export all; next hop self; extended next hop on;{extra} }};"
+            );
+        }
         let _ = writeln!(
             s,
             "protocol bgp {name} {{\n  local {local} as {asn};\n  neighbor {remote} as {ras};\n  \
-             graceful restart on;\n  connect retry time 1;{rr}\n  \
+             graceful restart on;\n  connect retry time 1;{rr}{more}\n  \
              {family} {{ import all; export all; next hop self;{extra} }};\n}}",
             name = n.name,
             local = n.local,
             asn = cfg.asn,
             remote = n.remote,
             ras = n.remote_asn,
-            rr = if ibgp { "\n  rr client;" } else { "" },
+            // iBGP is multihop in BIRD unless told otherwise, and multihop cannot use
+            // `gateway direct`; the neighbours are on the link.
+            rr = if ibgp {
+                "\n  rr client;\n  direct;"
+            } else {
+                ""
+            },
         );
     }
     s
@@ -114,14 +142,11 @@ pub(crate) fn bird_hypervisor_config(cfg: &RouterConfig) -> String {
         } else {
             ("ipv6", 128)
         };
-        let extra = if n.remote_asn == cfg.asn {
-            " gateway direct;"
-        } else {
-            ""
-        };
+        let ibgp = n.remote_asn == cfg.asn;
+        let extra = if ibgp { " gateway direct;" } else { "" };
         let _ = writeln!(
             s,
-            "protocol bgp {name} {{\n  local {local} as {asn};\n  neighbor {remote} as {ras};\n  \
+            "protocol bgp {name} {{\n  local {local} as {asn};\n  neighbor {remote} as {ras};{direct}\n  \
              graceful restart on;\n  connect retry time 1;\n  \
              {family} {{ import all; export where source = RTS_INHERIT && net.len = {host_len}; next hop self;{extra} }};\n}}",
             name = n.name,
@@ -129,6 +154,7 @@ pub(crate) fn bird_hypervisor_config(cfg: &RouterConfig) -> String {
             asn = cfg.asn,
             remote = n.remote,
             ras = n.remote_asn,
+            direct = if ibgp { "\n  direct;" } else { "" },
         );
     }
     s
@@ -141,13 +167,25 @@ pub(crate) fn frr_bgpd_config(hostname: &str, cfg: &RouterConfig) -> String {
          no bgp ebgp-requires-policy\n no bgp default ipv4-unicast\n bgp graceful-restart\n",
         cfg.asn, cfg.router_id
     );
+    let enhe = cfg.options.extended_next_hop;
     for n in &cfg.neighbors {
         let _ = writeln!(s, " neighbor {} remote-as {}", n.remote, n.remote_asn);
         let _ = writeln!(s, " neighbor {} timers connect 1", n.remote);
+        if let Some(pw) = &cfg.options.md5_password {
+            let _ = writeln!(s, " neighbor {} password {pw}", n.remote);
+        }
+        if enhe && n.remote.is_ipv6() {
+            let _ = writeln!(s, " neighbor {} capability extended-nexthop", n.remote);
+        }
     }
     for (family, v6) in [("ipv4", false), ("ipv6", true)] {
         let _ = writeln!(s, " address-family {family} unicast");
-        for n in cfg.neighbors.iter().filter(|n| n.remote.is_ipv6() == v6) {
+        // With extended next hop, IPv4 also runs on the IPv6 sessions.
+        for n in cfg
+            .neighbors
+            .iter()
+            .filter(|n| n.remote.is_ipv6() == v6 || (enhe && !v6 && n.remote.is_ipv6()))
+        {
             let _ = writeln!(s, "  neighbor {} activate", n.remote);
             let _ = writeln!(s, "  neighbor {} default-originate", n.remote);
             if n.remote_asn == cfg.asn {
@@ -172,9 +210,15 @@ pub(crate) fn gobgp_config(cfg: &RouterConfig) -> String {
         } else {
             "ipv6-unicast"
         };
+        let auth = cfg
+            .options
+            .md5_password
+            .as_ref()
+            .map(|pw| format!("\n    auth-password = \"{pw}\""))
+            .unwrap_or_default();
         let _ = writeln!(
             s,
-            "[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{}\"\n    peer-as = {}\n  \
+            "[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{}\"\n    peer-as = {}{auth}\n  \
              [neighbors.timers.config]\n    connect-retry = 1\n  \
              [neighbors.graceful-restart.config]\n    enabled = true\n  \
              [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"{family}\"",
@@ -440,6 +484,7 @@ mod tests {
                     remote_asn: 65001,
                 },
             ],
+            options: TorOptions::default(),
         }
     }
 
@@ -460,6 +505,25 @@ mod tests {
         assert!(v4.contains("neighbor 192.0.2.1 activate"));
         assert!(!v4.contains("2001:db8:ffff:1::2"));
         assert!(c.contains("neighbor 2001:db8:ffff:1::2 route-reflector-client"));
+    }
+
+    #[test]
+    fn options_add_passwords_and_extended_next_hop() {
+        let mut c = cfg();
+        c.options = TorOptions {
+            md5_password: Some("s3cret".into()),
+            extended_next_hop: true,
+        };
+        let bird = bird_tor_config(&c);
+        assert!(bird.contains("password \"s3cret\";"));
+        assert!(bird.contains("extended next hop on;"));
+        let frr = frr_bgpd_config("tor1", &c);
+        assert!(frr.contains("neighbor 192.0.2.1 password s3cret"));
+        assert!(frr.contains("neighbor 2001:db8:ffff:1::2 capability extended-nexthop"));
+        let v4 = frr.split("address-family ipv4 unicast").nth(1).unwrap();
+        let v4 = v4.split("exit-address-family").next().unwrap();
+        assert!(v4.contains("neighbor 2001:db8:ffff:1::2 activate"));
+        assert!(gobgp_config(&c).contains("auth-password = \"s3cret\""));
     }
 
     #[test]

@@ -1,0 +1,345 @@
+//! Session features against real daemons: ECMP across two ToRs, graceful restart in both
+//! roles, route refresh in both directions, TCP MD5 with the right and a wrong key, and IPv4
+//! over an IPv6 session (RFC 8950). Needs root; fails (never skips) without it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use common::*;
+use skog_bgp::config::GracefulRestartConfig;
+use skog_bgp::fsm::State;
+use skog_bgp::{RouteEvent, Shutdown};
+use skog_testbed::{Testbed, TorDaemon, TorOptions, wait_until};
+
+const GR: GracefulRestartConfig = GracefulRestartConfig {
+    restart_time: 120,
+    restarting: false,
+};
+
+#[test]
+fn two_tors_give_ecmp_and_both_learn_our_routes() {
+    let mut tb = Testbed::new("bgp_ecmp").unwrap();
+    let tor1 = tb.add_tor("tor1", TorDaemon::Bird, 65001).unwrap();
+    let tor2 = tb.add_tor("tor2", TorDaemon::Frr, 65002).unwrap();
+    let hv = tb.add_hypervisor("hv1", HV_ASN).unwrap();
+    let up1 = tb.link(hv, tor1).unwrap();
+    let up2 = tb.link(hv, tor2).unwrap();
+    tb.start_tor(tor1).unwrap();
+    tb.start_tor(tor2).unwrap();
+    let mut cfg = speaker_config(&tb, hv, None);
+    cfg.export = vec![net("198.51.100.10/32")];
+    let speaker = start_speaker(&tb, hv, cfg);
+    speaker.wait_established(&["tor1_v4", "tor1_v6", "tor2_v4", "tor2_v6"]);
+    speaker.wait_learned(
+        "0.0.0.0/0",
+        &[IpAddr::from(up1.tor_v4), IpAddr::from(up2.tor_v4)],
+    );
+    speaker.wait_learned(
+        "::/0",
+        &[IpAddr::from(up1.tor_v6), IpAddr::from(up2.tor_v6)],
+    );
+    // The hypervisor's kernel has the multipath default route.
+    let routes = tb.hv(hv).unwrap().ns().kernel_routes(false).unwrap();
+    let default = routes.iter().find(|r| r.dst.prefix_len() == 0).unwrap();
+    assert_eq!(default.gateways.len(), 2, "{default:?}");
+    wait_tor_kernel(
+        &tb,
+        tor1,
+        net("198.51.100.10/32"),
+        &[IpAddr::from(up1.hv_v4)],
+    );
+    wait_tor_kernel(
+        &tb,
+        tor2,
+        net("198.51.100.10/32"),
+        &[IpAddr::from(up2.hv_v4)],
+    );
+
+    // One ToR goes away for good (no graceful restart configured): ECMP shrinks to the other.
+    tb.stop_tor(tor2).unwrap();
+    speaker.wait_learned("0.0.0.0/0", &[IpAddr::from(up1.tor_v4)]);
+    speaker.stop(Shutdown::Withdraw("test over".into()));
+}
+
+#[test]
+fn tor_crash_under_graceful_restart_keeps_forwarding() {
+    let mut tb = Testbed::new("bgp_gr_helper").unwrap();
+    let tor = tb.add_tor("tor1", TorDaemon::Bird, 65001).unwrap();
+    let hv = tb.add_hypervisor("hv1", HV_ASN).unwrap();
+    let up = tb.link(hv, tor).unwrap();
+    tb.start_tor(tor).unwrap();
+    let speaker = start_speaker(&tb, hv, speaker_config(&tb, hv, Some(GR)));
+    speaker.wait_established(&["tor1_v4", "tor1_v6"]);
+    speaker.wait_learned("0.0.0.0/0", &[IpAddr::from(up.tor_v4)]);
+    let restart = speaker
+        .peers()
+        .iter()
+        .map(|p| p.negotiated.as_ref().unwrap().peer_graceful_restart.clone())
+        .collect::<Vec<_>>();
+    assert!(
+        restart.iter().all(Option::is_some),
+        "BIRD offers GR: {restart:?}"
+    );
+
+    tb.kill_tor(tor).unwrap();
+    wait_until("the sessions to notice the crash", CONVERGE, || {
+        let peers = speaker.peers();
+        if peers
+            .iter()
+            .all(|p| p.state != State::Established && p.stale)
+        {
+            Ok(())
+        } else {
+            Err(format!("{peers:?}"))
+        }
+    })
+    .unwrap();
+    // Stale, but still installed.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        speaker
+            .learned
+            .lock()
+            .unwrap()
+            .contains_key(&net("0.0.0.0/0"))
+    );
+
+    tb.start_tor(tor).unwrap();
+    speaker.wait_established(&["tor1_v4", "tor1_v6"]);
+    wait_until("End-of-RIB to clear the stale marks", CONVERGE, || {
+        let peers = speaker.peers();
+        if peers.iter().all(|p| !p.stale) {
+            Ok(())
+        } else {
+            Err(format!("{peers:?}"))
+        }
+    })
+    .unwrap();
+    let removed: Vec<RouteEvent> = speaker
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, RouteEvent::Remove { .. }))
+        .cloned()
+        .collect();
+    assert!(
+        removed.is_empty(),
+        "the default route was never removed: {removed:?}"
+    );
+    speaker.wait_learned("0.0.0.0/0", &[IpAddr::from(up.tor_v4)]);
+    speaker.stop(Shutdown::Withdraw("test over".into()));
+}
+
+#[test]
+fn speaker_restart_under_graceful_restart_keeps_our_routes_at_the_tor() {
+    let mut tb = Testbed::new("bgp_gr_restart").unwrap();
+    let tor = tb.add_tor("tor1", TorDaemon::Bird, 65001).unwrap();
+    let hv = tb.add_hypervisor("hv1", HV_ASN).unwrap();
+    let up = tb.link(hv, tor).unwrap();
+    tb.start_tor(tor).unwrap();
+    let (kept, dropped) = (net("198.51.100.10/32"), net("198.51.100.11/32"));
+    let hv_v4 = [IpAddr::from(up.hv_v4)];
+
+    let mut cfg = speaker_config(&tb, hv, Some(GR));
+    cfg.export = vec![kept, dropped];
+    let first = start_speaker(&tb, hv, cfg);
+    first.wait_established(&["tor1_v4"]);
+    wait_tor_kernel(&tb, tor, kept, &hv_v4);
+    wait_tor_kernel(&tb, tor, dropped, &hv_v4);
+    first.stop(Shutdown::Graceful);
+
+    // While we are away the ToR keeps forwarding to us.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(tor_kernel_gateways(&tb, tor, kept).is_some());
+    assert!(tor_kernel_gateways(&tb, tor, dropped).is_some());
+
+    // Back, restarting, with only one of the two routes: our End-of-RIB purges the other.
+    let mut cfg = speaker_config(
+        &tb,
+        hv,
+        Some(GracefulRestartConfig {
+            restarting: true,
+            ..GR
+        }),
+    );
+    cfg.export = vec![kept];
+    let second = start_speaker(&tb, hv, cfg);
+    second.wait_established(&["tor1_v4"]);
+    wait_tor_kernel(&tb, tor, dropped, &[]);
+    assert_eq!(tor_kernel_gateways(&tb, tor, kept), Some(hv_v4.to_vec()));
+    second.stop(Shutdown::Withdraw("test over".into()));
+    wait_tor_kernel(&tb, tor, kept, &[]);
+}
+
+#[test]
+fn route_refresh_in_both_directions_with_frr() {
+    let mut tb = Testbed::new("bgp_refresh").unwrap();
+    let tor = tb.add_tor("tor1", TorDaemon::Frr, 65001).unwrap();
+    let hv = tb.add_hypervisor("hv1", HV_ASN).unwrap();
+    let up = tb.link(hv, tor).unwrap();
+    tb.start_tor(tor).unwrap();
+    let mut cfg = speaker_config(&tb, hv, None);
+    cfg.export = vec![net("198.51.100.10/32")];
+    let speaker = start_speaker(&tb, hv, cfg);
+    speaker.wait_established(&["tor1_v4"]);
+    wait_tor_kernel(&tb, tor, net("198.51.100.10/32"), &[IpAddr::from(up.hv_v4)]);
+    let since = speaker.peers()[0].established_since;
+
+    // FRR asks us (soft in): we answer, the session stays.
+    let t = tb.tor(tor).unwrap();
+    t.cli(&format!("clear bgp ipv4 unicast {} soft in", up.hv_v4))
+        .unwrap();
+    wait_until("our answer to FRR's refresh", CONVERGE, || {
+        let p = speaker
+            .peers()
+            .into_iter()
+            .find(|p| p.name == "tor1_v4")
+            .unwrap();
+        if p.refreshes_answered > 0 {
+            Ok(())
+        } else {
+            Err(format!("{p:?}"))
+        }
+    })
+    .unwrap();
+
+    // We ask FRR: it counts a refresh received and re-sends its routes.
+    speaker
+        .rt
+        .block_on(speaker.handle.refresh("tor1_v4"))
+        .unwrap();
+    wait_until("FRR to see our ROUTE-REFRESH", CONVERGE, || {
+        let out = t
+            .cli(&format!("show bgp neighbors {} json", up.hv_v4))
+            .map_err(|e| e.to_string())?;
+        let recv = out
+            .lines()
+            .find(|l| l.contains("\"routeRefreshRecv\""))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|v| v.trim().trim_end_matches(',').to_owned());
+        match recv.as_deref() {
+            Some(n) if n != "0" => Ok(()),
+            other => Err(format!("routeRefreshRecv {other:?}")),
+        }
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let p = speaker
+        .peers()
+        .into_iter()
+        .find(|p| p.name == "tor1_v4")
+        .unwrap();
+    assert_eq!(p.state, State::Established);
+    assert_eq!(p.accepted, 1);
+    assert_eq!(
+        speaker.peers()[0].established_since,
+        since,
+        "no session reset"
+    );
+    assert!(tor_kernel_gateways(&tb, tor, net("198.51.100.10/32")).is_some());
+    speaker.stop(Shutdown::Withdraw("test over".into()));
+}
+
+fn md5_session(daemon: TorDaemon, our_key: &str) -> bool {
+    let mut tb = Testbed::new(&format!("bgp_md5_{}", daemon.name())).unwrap();
+    let tor = tb.add_tor("tor1", daemon, 65001).unwrap();
+    let hv = tb.add_hypervisor("hv1", HV_ASN).unwrap();
+    tb.link(hv, tor).unwrap();
+    tb.set_tor_options(
+        tor,
+        TorOptions {
+            md5_password: Some("fabric-secret".into()),
+            ..TorOptions::default()
+        },
+    )
+    .unwrap();
+    tb.start_tor(tor).unwrap();
+    let key_file = tb.dir().join("md5.key");
+    std::fs::write(&key_file, format!("{our_key}\n")).unwrap();
+    let mut cfg = speaker_config(&tb, hv, None);
+    for p in &mut cfg.peers {
+        p.md5_key_file = Some(key_file.clone());
+    }
+    let speaker = start_speaker(&tb, hv, cfg);
+    let up = wait_until("the v4 session with MD5", Duration::from_secs(15), || {
+        let p = speaker
+            .peers()
+            .into_iter()
+            .find(|p| p.name == "tor1_v4")
+            .unwrap();
+        if p.state == State::Established {
+            Ok(())
+        } else {
+            Err(format!("{p:?}"))
+        }
+    })
+    .is_ok();
+    speaker.stop(Shutdown::Withdraw("test over".into()));
+    up
+}
+
+#[test]
+fn md5_with_the_right_key_establishes() {
+    assert!(md5_session(TorDaemon::Bird, "fabric-secret"));
+    assert!(md5_session(TorDaemon::Frr, "fabric-secret"));
+}
+
+#[test]
+fn md5_with_a_wrong_key_never_establishes() {
+    assert!(!md5_session(TorDaemon::Frr, "not-the-secret"));
+}
+
+#[test]
+fn ipv4_over_an_ipv6_session_with_frr() {
+    let mut tb = Testbed::new("bgp_enhe").unwrap();
+    let tor = tb.add_tor("tor1", TorDaemon::Frr, 65001).unwrap();
+    let hv = tb.add_hypervisor("hv1", HV_ASN).unwrap();
+    let up = tb.link(hv, tor).unwrap();
+    tb.set_tor_options(
+        tor,
+        TorOptions {
+            extended_next_hop: true,
+            ..TorOptions::default()
+        },
+    )
+    .unwrap();
+    tb.start_tor(tor).unwrap();
+    let mut cfg = speaker_config(&tb, hv, None);
+    // Only the IPv6 session, carrying both families.
+    cfg.peers.retain(|p| p.address.is_ipv6());
+    cfg.peers[0].extended_next_hop = true;
+    cfg.export = vec![net("198.51.100.10/32")];
+    let speaker = start_speaker(&tb, hv, cfg);
+    speaker.wait_established(&["tor1_v6"]);
+    let n = speaker.peers()[0].negotiated.clone().unwrap();
+    assert!(n.extended_next_hop_v4, "{n:?}");
+    // FRR's IPv4 default route arrives with an IPv6 next hop.
+    speaker.wait_learned("0.0.0.0/0", &[IpAddr::from(up.tor_v6)]);
+    // Our IPv4 endpoint route reaches FRR's kernel through the IPv6 link.
+    let prefix = net("198.51.100.10/32");
+    wait_until("the IPv4 route via IPv6 in FRR's kernel", CONVERGE, || {
+        let routes = tb
+            .tor(tor)
+            .unwrap()
+            .kernel_routes(false)
+            .map_err(|e| e.to_string())?;
+        match routes.iter().find(|r| r.dst == prefix) {
+            Some(r) if r.devices.contains(&up.tor_if) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .unwrap();
+    let raw = tb
+        .tor(tor)
+        .unwrap()
+        .ns()
+        .ip(&["-4", "route", "show", "198.51.100.10"])
+        .unwrap();
+    assert!(raw.contains("via inet6"), "{raw}");
+    speaker.stop(Shutdown::Withdraw("test over".into()));
+}
