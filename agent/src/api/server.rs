@@ -69,34 +69,38 @@ fn router(owner: mpsc::Sender<ApiRequest>) -> Router {
         .route(
             "/v1/status",
             get(|State(o): State<Owner>| async move {
-                ask(&o, |reply| ApiRequest::Status { reply }).await
+                respond(ask(&o, |reply| ApiRequest::Status { reply }).await.map(Ok))
             }),
         )
         .route(
             "/v1/peers",
             get(|State(o): State<Owner>| async move {
-                ask(&o, |reply| ApiRequest::Peers { reply }).await
+                respond(ask(&o, |reply| ApiRequest::Peers { reply }).await.map(Ok))
             }),
         )
         .route(
             "/v1/routes",
             get(
                 |State(o): State<Owner>, Query(filter): Query<RouteFilter>| async move {
-                    ask_fallible(&o, |reply| ApiRequest::Routes { filter, reply }).await
+                    respond(ask(&o, |reply| ApiRequest::Routes { filter, reply }).await)
                 },
             ),
         )
         .route(
             "/v1/endpoints",
             get(|State(o): State<Owner>| async move {
-                ask(&o, |reply| ApiRequest::Endpoints { reply }).await
+                respond(
+                    ask(&o, |reply| ApiRequest::Endpoints { reply })
+                        .await
+                        .map(Ok),
+                )
             }),
         )
         .route(
             "/v1/policy/{interface}",
             get(
                 |State(o): State<Owner>, UrlPath(interface): UrlPath<String>| async move {
-                    ask_fallible(&o, |reply| ApiRequest::PolicyShow { interface, reply }).await
+                    respond(ask(&o, |reply| ApiRequest::PolicyShow { interface, reply }).await)
                 },
             ),
         )
@@ -104,7 +108,7 @@ fn router(owner: mpsc::Sender<ApiRequest>) -> Router {
             "/v1/policy-trace",
             get(
                 |State(o): State<Owner>, Query(query): Query<TraceQuery>| async move {
-                    ask_fallible(&o, |reply| ApiRequest::PolicyTrace { query, reply }).await
+                    respond(ask(&o, |reply| ApiRequest::PolicyTrace { query, reply }).await)
                 },
             ),
         )
@@ -119,45 +123,27 @@ fn router(owner: mpsc::Sender<ApiRequest>) -> Router {
 
 type Owner = mpsc::Sender<ApiRequest>;
 
+/// The owner task is gone (skogd is shutting down).
+struct Unavailable;
+
 /// Sends a request to the owner task and waits for its answer.
-async fn ask<T: Serialize>(
+async fn ask<T>(
     owner: &Owner,
     request: impl FnOnce(oneshot::Sender<T>) -> ApiRequest,
-) -> Response {
+) -> Result<T, Unavailable> {
     let (tx, rx) = oneshot::channel();
-    if owner.send(request(tx)).await.is_err() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "skogd is shutting down".into(),
-        );
-    }
-    match rx.await {
-        Ok(value) => Json(value).into_response(),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "skogd dropped the request".into(),
-        ),
-    }
+    owner.send(request(tx)).await.map_err(|_| Unavailable)?;
+    rx.await.map_err(|_| Unavailable)
 }
 
-/// Like [`ask`], for requests the owner can refuse (unknown interface, bad address).
-async fn ask_fallible<T: Serialize>(
-    owner: &Owner,
-    request: impl FnOnce(oneshot::Sender<Result<T, String>>) -> ApiRequest,
-) -> Response {
-    let (tx, rx) = oneshot::channel();
-    if owner.send(request(tx)).await.is_err() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "skogd is shutting down".into(),
-        );
-    }
-    match rx.await {
+/// The answer as JSON; a refusal (unknown interface, bad address) is a 400, a gone owner a 503.
+fn respond<T: Serialize>(answer: Result<Result<T, String>, Unavailable>) -> Response {
+    match answer {
         Ok(Ok(value)) => Json(value).into_response(),
         Ok(Err(message)) => error(StatusCode::BAD_REQUEST, message),
-        Err(_) => error(
+        Err(Unavailable) => error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "skogd dropped the request".into(),
+            "skogd is shutting down".into(),
         ),
     }
 }
