@@ -26,6 +26,8 @@ fn test_config(url: &str) -> EtcdConfig {
     config.request_timeout = Duration::from_secs(3);
     config.backoff_initial = Duration::from_millis(100);
     config.backoff_max = Duration::from_millis(500);
+    // Small pages, so listings take several requests at one revision.
+    config.list_page_size = 2;
     config
 }
 

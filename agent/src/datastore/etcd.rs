@@ -47,11 +47,13 @@ pub struct EtcdConfig {
     pub backoff_initial: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
+    /// Keys per list request (a single response must stay under gRPC's 4 MiB limit).
+    pub list_page_size: i64,
 }
 
 impl EtcdConfig {
     /// Defaults for the given endpoints: the Calico resource prefix, 10 s keep-alive, 10 s
-    /// requests, reconnect backoff from 0.5 s to 30 s.
+    /// requests, reconnect backoff from 0.5 s to 30 s, lists in pages of 500 keys.
     pub fn new(endpoints: Vec<String>) -> EtcdConfig {
         EtcdConfig {
             endpoints,
@@ -61,6 +63,7 @@ impl EtcdConfig {
             request_timeout: Duration::from_secs(10),
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
+            list_page_size: 500,
         }
     }
 }
@@ -142,6 +145,19 @@ async fn bounded<T>(
         .await
         .map_err(|_| EtcdError::Timeout(limit))?
         .map_err(EtcdError::from)
+}
+
+/// The smallest key greater than every key starting with `prefix` (etcd's range end).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // An all-0xff (or empty) prefix: to the end of the keyspace.
+    vec![0]
 }
 
 /// Syncs etcd into `tx` until the receiver goes away. Only a configuration error (unreadable
@@ -265,25 +281,44 @@ impl Sync<'_> {
         }
     }
 
-    /// Lists the prefix, delivers the diff against what was delivered before, and returns the
-    /// revision to watch from.
+    /// Lists the prefix (in pages of `list_page_size`, all at the revision of the first page),
+    /// delivers the diff against what was delivered before, and returns the revision to watch
+    /// from.
     async fn list(&mut self, client: &mut Client) -> Result<i64, EtcdError> {
-        let response = bounded(
-            self.config.request_timeout,
-            client.get(
-                self.config.prefix.as_str(),
-                Some(GetOptions::new().with_prefix()),
-            ),
-        )
-        .await?;
-        let revision = response.header().map_or(0, |h| h.revision());
-        let listing = response.kvs().iter().filter_map(|kv| match kv.key_str() {
-            Ok(key) => Some((key.to_owned(), kv.value().to_vec())),
-            Err(_) => {
-                warn!(key = ?kv.key(), "ignoring a key that is not UTF-8");
-                None
+        let prefix = self.config.prefix.as_bytes().to_vec();
+        let end = prefix_end(&prefix);
+        let mut from = prefix;
+        let mut revision = 0;
+        let mut listing = Vec::new();
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(self.config.list_page_size);
+            if revision > 0 {
+                options = options.with_revision(revision);
             }
-        });
+            let page = bounded(
+                self.config.request_timeout,
+                client.get(from.clone(), Some(options)),
+            )
+            .await?;
+            if revision == 0 {
+                revision = page.header().map_or(0, |h| h.revision());
+            }
+            for kv in page.kvs() {
+                match kv.key_str() {
+                    Ok(key) => listing.push((key.to_owned(), kv.value().to_vec())),
+                    Err(_) => warn!(key = ?kv.key(), "ignoring a key that is not UTF-8"),
+                }
+            }
+            match page.kvs().last() {
+                Some(last) if page.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
         let changes: Vec<KvChange> = self.cache.replace_all(listing);
         info!(
             revision,
@@ -296,5 +331,17 @@ impl Sync<'_> {
         self.send(SyncEvent::InSync).await?;
         self.resume = Some(revision + 1);
         Ok(revision + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn range_end_of_a_prefix() {
+        assert_eq!(prefix_end(b"/calico/"), b"/calico0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), [0]);
     }
 }

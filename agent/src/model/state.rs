@@ -1092,4 +1092,62 @@ mod tests {
             |e| matches!(e, ModelEvent::SelectorMembership { id, .. } if id.namespace.is_none())
         ));
     }
+
+    #[test]
+    fn mutated_values_never_panic_and_are_rejected_or_accepted_alone() {
+        let mut m = model();
+        let port = Port::numbered(HOST, 1).in_groups(&["web"]);
+        let (policy_key, policy) = sg_policy(
+            "openstack",
+            "web",
+            vec![allow_tcp_from_group(80, "web")],
+            allow_all_egress(),
+        );
+        let seeds = [
+            (port.key(), serde_json::to_vec(&port.value()).unwrap()),
+            (policy_key, serde_json::to_vec(&policy).unwrap()),
+        ];
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..5_000 {
+            let (key, original) = &seeds[round % seeds.len()];
+            let mut bytes = original.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % bytes.len();
+                match next() % 3 {
+                    0 => bytes[at] = next() as u8,
+                    1 => bytes.truncate(at),
+                    _ => {
+                        let alphabet = b"{}[]\":,0-/";
+                        bytes.insert(at, alphabet[(next() as usize) % alphabet.len()]);
+                    }
+                }
+                if bytes.is_empty() {
+                    break;
+                }
+            }
+            m.apply(&KvChange {
+                key: key.clone(),
+                value: Some(bytes),
+            });
+            m.flush();
+        }
+        // Restoring the valid values brings everything back.
+        for (key, value) in &seeds {
+            m.apply(&KvChange {
+                key: key.clone(),
+                value: Some(value.clone()),
+            });
+        }
+        m.flush();
+        assert!(m.status().rejected.is_empty());
+        let local: Vec<&LocalEndpoint> = m.local_endpoints().collect();
+        assert_eq!(local.len(), 1);
+        assert_eq!(local[0].policies.len(), 1);
+    }
 }
