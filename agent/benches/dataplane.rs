@@ -121,16 +121,16 @@ fn main() {
     p.complete();
     for _ in 0..reps {
         let started = Instant::now();
-        for ep in &eps {
-            block_on(p.handle.set_endpoint(ep.clone())).unwrap();
-        }
+        block_on(p.handle.set_endpoints(eps.clone())).unwrap();
         let snap = p.snapshot();
         add.push(ms(started.elapsed()));
         assert_eq!(snap.routes_programmed, total, "{:?}", snap.last_apply);
         let started = Instant::now();
-        for ep in &eps {
-            block_on(p.handle.remove_endpoint(&ep.id)).unwrap();
-        }
+        block_on(
+            p.handle
+                .remove_endpoints(eps.iter().map(|e| e.id.clone()).collect()),
+        )
+        .unwrap();
         let snap = p.snapshot();
         del.push(ms(started.elapsed()));
         assert_eq!(snap.routes_programmed, 0);

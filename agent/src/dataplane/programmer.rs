@@ -36,8 +36,8 @@ pub enum ProgrammerError {
 }
 
 enum Command {
-    SetEndpoint(DesiredEndpoint),
-    RemoveEndpoint(String),
+    SetEndpoints(Vec<DesiredEndpoint>),
+    RemoveEndpoints(Vec<String>),
     SetLearned(LearnedRoute),
     RemoveLearned(IpNet),
     DesiredComplete,
@@ -71,12 +71,25 @@ impl ProgrammerHandle {
 
     /// Adds or replaces a local endpoint.
     pub async fn set_endpoint(&self, endpoint: DesiredEndpoint) -> Result<(), ProgrammerError> {
-        self.send(Command::SetEndpoint(endpoint)).await
+        self.send(Command::SetEndpoints(vec![endpoint])).await
+    }
+
+    /// Adds or replaces many local endpoints in one message (the datastore's initial load).
+    pub async fn set_endpoints(
+        &self,
+        endpoints: Vec<DesiredEndpoint>,
+    ) -> Result<(), ProgrammerError> {
+        self.send(Command::SetEndpoints(endpoints)).await
     }
 
     /// Removes a local endpoint (its routes and entries go).
     pub async fn remove_endpoint(&self, id: &str) -> Result<(), ProgrammerError> {
-        self.send(Command::RemoveEndpoint(id.into())).await
+        self.send(Command::RemoveEndpoints(vec![id.into()])).await
+    }
+
+    /// Removes many local endpoints in one message.
+    pub async fn remove_endpoints(&self, ids: Vec<String>) -> Result<(), ProgrammerError> {
+        self.send(Command::RemoveEndpoints(ids)).await
     }
 
     /// Adds or replaces a route learned over BGP (its next hops replace the previous ones).
@@ -246,12 +259,16 @@ impl Task {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::SetEndpoint(ep) => {
-                self.endpoints.insert(ep.id.clone(), ep);
-                self.dirty = true;
+            Command::SetEndpoints(eps) => {
+                for ep in eps {
+                    self.endpoints.insert(ep.id.clone(), ep);
+                    self.dirty = true;
+                }
             }
-            Command::RemoveEndpoint(id) => {
-                self.dirty |= self.endpoints.remove(&id).is_some();
+            Command::RemoveEndpoints(ids) => {
+                for id in ids {
+                    self.dirty |= self.endpoints.remove(&id).is_some();
+                }
             }
             Command::SetLearned(route) => {
                 self.learned.insert(route.prefix, route);
