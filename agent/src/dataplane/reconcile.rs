@@ -87,13 +87,12 @@ pub fn plan(desired: &Desired, actual: &KernelView, own: Ownership, deletes: boo
     ops
 }
 
-/// Deterministic order: by family and address, so batches and tests are reproducible.
-fn op_sort_key(op: &Op) -> (u8, String) {
+/// Deterministic order: routes before neighbours, each by key, so batches and tests are
+/// reproducible.
+fn op_sort_key(op: &Op) -> (bool, Option<RouteKey>, Option<NeighKey>) {
     match op {
-        Op::DeleteRoute(k, _) | Op::ReplaceRoute(k, _) => (0, format!("{:?}", (k.dst, k.metric))),
-        Op::DeleteNeigh(k) | Op::ReplaceNeigh(k, _) => {
-            (1, format!("{:?}", (k.ip, k.ifindex, k.proxy)))
-        }
+        Op::DeleteRoute(k, _) | Op::ReplaceRoute(k, _) => (false, Some(*k), None),
+        Op::DeleteNeigh(k) | Op::ReplaceNeigh(k, _) => (true, None, Some(*k)),
     }
 }
 
