@@ -300,6 +300,19 @@ fn a_resync_repairs_drift_and_never_touches_foreign_routes() {
         assert!(shown.contains("metric 50"), "{shown}");
     })
     .unwrap();
+    // Its ARP and proxy NDP entries go too.
+    wait_until("our neighbour entries removed", CONVERGE, || {
+        let arp = ns
+            .ip(&["neigh", "show", "dev", &tap, "nud", "permanent"])
+            .unwrap();
+        let proxy = ns
+            .ip(&["-6", "neigh", "show", "proxy", "dev", &tap])
+            .unwrap();
+        (arp.trim().is_empty() && proxy.trim().is_empty())
+            .then_some(())
+            .ok_or(format!("{arp}{proxy}"))
+    })
+    .unwrap();
 }
 
 #[test]
