@@ -497,3 +497,33 @@ fn bad_endpoints_are_reported_and_skipped_without_affecting_others() {
     );
     assert_eq!(snap.routes_programmed, 4);
 }
+
+#[test]
+fn the_periodic_resync_repairs_drift_no_event_reports() {
+    let mut tb = Testbed::new("dp_periodic").unwrap();
+    let hv = tb.add_hypervisor("hv1", 65001).unwrap();
+    let vm1 = tb.add_vm(hv, VmSpec::numbered("vm1", 1)).unwrap();
+    let ns = tb.hv(hv).unwrap().ns();
+    let tap = tb.vm(vm1).unwrap().tap.clone();
+    let cfg = DataplaneConfig {
+        resync_interval: Duration::from_secs(1),
+        ..DataplaneConfig::default()
+    };
+    let p = InNamespace::start(ns, cfg);
+    p.set(endpoint_of(&tb, vm1));
+    p.complete();
+    let key = format!("net.ipv4.conf.{tap}.proxy_arp");
+    wait_until("sysctl", CONVERGE, || {
+        let v = ns.read_sysctl(&key).unwrap();
+        (v == "1").then_some(()).ok_or(v)
+    })
+    .unwrap();
+    // A sysctl changed by hand raises no netlink event: only the periodic resync sees it.
+    ns.sysctl(&key, "0").unwrap();
+    wait_until("the resync to restore proxy_arp", CONVERGE, || {
+        let v = ns.read_sysctl(&key).unwrap();
+        (v == "1").then_some(()).ok_or(v)
+    })
+    .unwrap();
+    assert!(p.snapshot().resyncs >= 1);
+}
