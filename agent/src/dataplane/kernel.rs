@@ -1,0 +1,240 @@
+//! The kernel objects the programmer owns, keyed like the kernel keys them: routes in the main
+//! table by (destination, metric), neighbours by (interface, address, proxy or not). Both the
+//! desired state and the programmer's view of the actual state are expressed in these types.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::types::MacAddr;
+
+/// A network interface as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Its index.
+    pub ifindex: u32,
+    /// Its name.
+    pub name: String,
+    /// Operationally up (IFF_RUNNING).
+    pub running: bool,
+}
+
+/// The kernel's key of a route in the main table (TOS and source prefix are always zero here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteKey {
+    /// Destination prefix.
+    pub dst: IpNet,
+    /// Metric (priority).
+    pub metric: u32,
+}
+
+/// One next hop of a gateway route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Hop {
+    /// The gateway.
+    pub gateway: IpAddr,
+    /// Its interface; `None` in a desired hop means "whichever the kernel resolves".
+    pub ifindex: Option<u32>,
+}
+
+/// Where a route sends packets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// Out of an interface, scope link (an endpoint's tap).
+    Device(u32),
+    /// Through one or more gateways (sorted; several make an ECMP route).
+    Gateways(Vec<Hop>),
+}
+
+/// A route's content: who owns it and where it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Route protocol number.
+    pub protocol: u8,
+    /// Where it goes.
+    pub target: RouteTarget,
+}
+
+impl Route {
+    /// Whether the kernel's route `actual` is this desired route (no write needed).
+    pub fn satisfied_by(&self, actual: &Route) -> bool {
+        if self.protocol != actual.protocol {
+            return false;
+        }
+        match (&self.target, &actual.target) {
+            (RouteTarget::Device(want), RouteTarget::Device(have)) => want == have,
+            (RouteTarget::Gateways(want), RouteTarget::Gateways(have)) => {
+                want.len() == have.len()
+                    && want.iter().zip(have).all(|(w, h)| {
+                        w.gateway == h.gateway && (w.ifindex.is_none() || w.ifindex == h.ifindex)
+                    })
+            }
+            _ => false,
+        }
+    }
+
+    /// The interfaces the route uses, when known.
+    pub fn ifindexes(&self) -> impl Iterator<Item = u32> + '_ {
+        let (device, hops) = match &self.target {
+            RouteTarget::Device(ifindex) => (Some(*ifindex), &[][..]),
+            RouteTarget::Gateways(hops) => (None, hops.as_slice()),
+        };
+        device
+            .into_iter()
+            .chain(hops.iter().filter_map(|h| h.ifindex))
+    }
+}
+
+/// The kernel's key of a neighbour entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NeighKey {
+    /// Interface.
+    pub ifindex: u32,
+    /// Address.
+    pub ip: IpAddr,
+    /// A proxy ARP/NDP entry rather than a neighbour.
+    pub proxy: bool,
+}
+
+/// A neighbour entry's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Neigh {
+    /// Link-layer address (none for proxy entries).
+    pub mac: Option<MacAddr>,
+    /// NUD_PERMANENT.
+    pub permanent: bool,
+    /// NDA_PROTOCOL (0 when unset).
+    pub protocol: u8,
+}
+
+impl Neigh {
+    /// Whether the kernel's entry `actual` is this desired entry (no write needed).
+    pub fn satisfied_by(&self, actual: &Neigh, proxy: bool) -> bool {
+        // Proxy entries carry no state or address worth comparing.
+        proxy || (actual.permanent && actual.mac == self.mac && actual.protocol == self.protocol)
+    }
+}
+
+/// The programmer's view of the kernel: every link, our routes, the neighbour entries.
+#[derive(Debug, Default, Clone)]
+pub struct KernelView {
+    /// Links by index.
+    pub links: HashMap<u32, Link>,
+    /// Routes with one of our protocols.
+    pub routes: HashMap<RouteKey, Route>,
+    /// Neighbour and proxy entries.
+    pub neighs: HashMap<NeighKey, Neigh>,
+}
+
+impl KernelView {
+    /// Forgets a link and everything on it (the kernel removed the device and, silently for
+    /// IPv4, its routes).
+    pub fn forget_link(&mut self, ifindex: u32) {
+        self.links.remove(&ifindex);
+        self.routes
+            .retain(|_, r| !r.ifindexes().any(|i| i == ifindex));
+        self.neighs.retain(|k, _| k.ifindex != ifindex);
+    }
+
+    /// Links by name.
+    pub fn links_by_name(&self) -> HashMap<&str, &Link> {
+        self.links.values().map(|l| (l.name.as_str(), l)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hop(gw: &str, ifindex: Option<u32>) -> Hop {
+        Hop {
+            gateway: gw.parse().unwrap(),
+            ifindex,
+        }
+    }
+
+    #[test]
+    fn gateway_routes_match_with_or_without_a_known_interface() {
+        let want = Route {
+            protocol: 84,
+            target: RouteTarget::Gateways(vec![hop("192.0.2.0", None), hop("192.0.2.2", Some(7))]),
+        };
+        let have = Route {
+            protocol: 84,
+            target: RouteTarget::Gateways(vec![
+                hop("192.0.2.0", Some(3)),
+                hop("192.0.2.2", Some(7)),
+            ]),
+        };
+        assert!(want.satisfied_by(&have));
+        let moved = Route {
+            protocol: 84,
+            target: RouteTarget::Gateways(vec![
+                hop("192.0.2.0", Some(3)),
+                hop("192.0.2.2", Some(8)),
+            ]),
+        };
+        assert!(!want.satisfied_by(&moved));
+        let fewer = Route {
+            protocol: 84,
+            target: RouteTarget::Gateways(vec![hop("192.0.2.0", Some(3))]),
+        };
+        assert!(!want.satisfied_by(&fewer));
+        let foreign = Route {
+            protocol: 12,
+            ..have
+        };
+        assert!(!want.satisfied_by(&foreign));
+    }
+
+    #[test]
+    fn forgetting_a_link_drops_what_was_on_it() {
+        let mut view = KernelView::default();
+        view.links.insert(
+            5,
+            Link {
+                ifindex: 5,
+                name: "tap1".into(),
+                running: true,
+            },
+        );
+        let key = |dst: &str| RouteKey {
+            dst: dst.parse().unwrap(),
+            metric: 1024,
+        };
+        view.routes.insert(
+            key("198.51.100.10/32"),
+            Route {
+                protocol: 83,
+                target: RouteTarget::Device(5),
+            },
+        );
+        view.routes.insert(
+            key("198.51.100.11/32"),
+            Route {
+                protocol: 83,
+                target: RouteTarget::Device(6),
+            },
+        );
+        view.neighs.insert(
+            NeighKey {
+                ifindex: 5,
+                ip: "198.51.100.10".parse().unwrap(),
+                proxy: false,
+            },
+            Neigh {
+                mac: None,
+                permanent: true,
+                protocol: 83,
+            },
+        );
+        view.forget_link(5);
+        assert!(view.links.is_empty());
+        assert_eq!(
+            view.routes.keys().copied().collect::<Vec<_>>(),
+            vec![key("198.51.100.11/32")]
+        );
+        assert!(view.neighs.is_empty());
+    }
+}

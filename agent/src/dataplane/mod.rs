@@ -1,0 +1,24 @@
+//! The route dataplane: programs, for every local endpoint whose tap is up, host routes,
+//! permanent ARP entries, a proxy NDP entry for its IPv6 gateway and the tap's sysctls, and
+//! installs the routes learned over BGP (ECMP), all through rtnetlink.
+//!
+//! It reconciles rather than commands: one task ([`programmer`]) owns the desired state (from
+//! the daemon), a view of the kernel (dumps, multicast events) and the netlink sockets; a pure
+//! core ([`desired`], [`reconcile`]) turns them into kernel operations, which a thin driver
+//! ([`netlink`], [`messages`]) sends in batches. Start-up adopts what is in the kernel, shutdown
+//! leaves everything in place, and only objects carrying our protocol numbers are ever deleted.
+//! See docs/dataplane.md.
+
+pub mod desired;
+pub mod kernel;
+pub mod messages;
+pub mod netlink;
+pub mod programmer;
+pub mod reconcile;
+pub mod types;
+
+pub use programmer::{Programmer, ProgrammerError, ProgrammerHandle};
+pub use types::{
+    DataplaneConfig, DesiredEndpoint, EndpointStatus, LearnedNextHop, LearnedRoute, MacAddr,
+    RouteEvent, Snapshot, TapState,
+};

@@ -1,0 +1,316 @@
+//! The thin netlink driver: a request socket (strict-checked dumps filtered by protocol,
+//! batched and pipelined writes with NETLINK_CAP_ACK and a large receive buffer, a timeout
+//! around every batch), the multicast event socket, and the per-tap sysctls (files under
+//! /proc/sys of the calling thread's network namespace).
+
+use std::io;
+use std::num::NonZeroI32;
+use std::time::Duration;
+
+use futures::channel::mpsc::UnboundedReceiver;
+use futures::{StreamExt, stream};
+use netlink_packet_core::NetlinkPayload;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_proto::ConnectionHandle;
+use netlink_proto::sys::protocols::NETLINK_ROUTE;
+use netlink_proto::sys::{AsyncSocket, SocketAddr};
+use rtnetlink::MulticastGroup;
+
+use super::desired::Tap;
+use super::kernel::KernelView;
+use super::messages::{self, Message};
+use super::reconcile::Op;
+
+/// Receive buffer asked for on both sockets (the kernel caps it at `net.core.rmem_max`).
+const RECEIVE_BUFFER: usize = 16 << 20;
+/// Batches in flight at once on the request socket.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+const ENOENT: i32 = 2;
+const ESRCH: i32 = 3;
+
+/// A failure of the netlink driver.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// A socket could not be opened or configured.
+    #[error("netlink socket: {0}")]
+    Socket(#[source] io::Error),
+    /// The connection task is gone.
+    #[error("netlink connection closed")]
+    Closed,
+    /// The kernel did not answer in time (lost acknowledgements, e.g. after an overrun).
+    #[error("no complete answer from the kernel to {what} within {timeout:?}")]
+    Timeout {
+        /// What was asked.
+        what: &'static str,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// The kernel refused a dump.
+    #[error("kernel refused {what}: {source}")]
+    Dump {
+        /// What was asked.
+        what: &'static str,
+        /// The kernel's error.
+        source: io::Error,
+    },
+    /// The kernel refused one write.
+    #[error("{0}")]
+    Kernel(io::Error),
+    /// A sysctl could not be written.
+    #[error("sysctl {path}: {source}")]
+    Sysctl {
+        /// The /proc/sys path.
+        path: String,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+fn kernel_error(code: NonZeroI32) -> io::Error {
+    io::Error::from_raw_os_error(-code.get())
+}
+
+/// The request socket.
+#[derive(Debug, Clone)]
+pub struct Netlink {
+    handle: ConnectionHandle<RouteNetlinkMessage>,
+    batch_size: usize,
+    timeout: Duration,
+}
+
+impl Netlink {
+    /// Opens the socket in the calling thread's namespace and spawns its connection task on the
+    /// current tokio runtime.
+    pub fn open(batch_size: usize, timeout: Duration) -> Result<Netlink, NetlinkError> {
+        let (mut conn, handle, _unsolicited) =
+            netlink_proto::new_connection::<RouteNetlinkMessage>(NETLINK_ROUTE)
+                .map_err(NetlinkError::Socket)?;
+        let socket = conn.socket_mut().socket_mut();
+        socket
+            .set_rx_buf_sz(RECEIVE_BUFFER)
+            .map_err(NetlinkError::Socket)?;
+        socket.set_cap_ack(true).map_err(NetlinkError::Socket)?;
+        socket
+            .set_netlink_get_strict_chk(true)
+            .map_err(NetlinkError::Socket)?;
+        // Every write gets exactly one answer (ack or error), in order: that is how an error
+        // is matched to its operation.
+        conn.set_forward_ack(true);
+        tokio::spawn(conn);
+        Ok(Netlink {
+            handle,
+            batch_size: batch_size.max(1),
+            timeout,
+        })
+    }
+
+    async fn dump(
+        &self,
+        what: &'static str,
+        request: Message,
+    ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+        let responses = self
+            .handle
+            .request(request, SocketAddr::new(0, 0))
+            .map_err(|_| NetlinkError::Closed)?;
+        let collected = tokio::time::timeout(self.timeout, responses.collect::<Vec<_>>())
+            .await
+            .map_err(|_| NetlinkError::Timeout {
+                what,
+                timeout: self.timeout,
+            })?;
+        let mut out = Vec::with_capacity(collected.len());
+        for msg in collected {
+            match msg.payload {
+                NetlinkPayload::InnerMessage(inner) => out.push(inner),
+                NetlinkPayload::Error(e) => {
+                    if let Some(code) = e.code {
+                        return Err(NetlinkError::Dump {
+                            what,
+                            source: kernel_error(code),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads the kernel: every link, the main-table routes with our protocols, every neighbour
+    /// and proxy entry.
+    pub async fn read_kernel(&self, route_protocols: &[u8]) -> Result<KernelView, NetlinkError> {
+        let mut view = KernelView::default();
+        for msg in self.dump("a link dump", messages::dump_links()).await? {
+            if let RouteNetlinkMessage::NewLink(link) = msg
+                && let Some(link) = messages::link_from_kernel(&link)
+            {
+                view.links.insert(link.ifindex, link);
+            }
+        }
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            for protocol in route_protocols {
+                let request = messages::dump_routes(family, *protocol);
+                for msg in self.dump("a route dump", request).await? {
+                    if let RouteNetlinkMessage::NewRoute(route) = msg
+                        && let Some((key, route)) =
+                            messages::route_from_kernel(&route, route_protocols)
+                    {
+                        view.routes.insert(key, route);
+                    }
+                }
+            }
+            for proxy in [false, true] {
+                for msg in self
+                    .dump("a neighbour dump", messages::dump_neighs(family, proxy))
+                    .await?
+                {
+                    if let RouteNetlinkMessage::NewNeighbour(neigh) = msg
+                        && let Some((key, neigh)) = messages::neigh_from_kernel(&neigh)
+                    {
+                        view.neighs.insert(key, neigh);
+                    }
+                }
+            }
+        }
+        Ok(view)
+    }
+
+    /// Sends `ops` in pipelined batches; returns one outcome per operation, in order. A delete
+    /// of something already gone succeeds.
+    pub async fn apply(&self, ops: &[Op]) -> Vec<Result<(), NetlinkError>> {
+        // Each batch future owns its data, so the pipeline borrows nothing.
+        let batches: Vec<_> = ops
+            .chunks(self.batch_size)
+            .map(|chunk| {
+                let requests = chunk.iter().map(messages::op_request).collect();
+                let deletes = chunk.iter().map(is_delete).collect();
+                apply_batch(self.handle.clone(), requests, deletes, self.timeout)
+            })
+            .collect();
+        let outcomes: Vec<Vec<_>> = stream::iter(batches)
+            .buffered(BATCHES_IN_FLIGHT)
+            .collect()
+            .await;
+        outcomes.into_iter().flatten().collect()
+    }
+}
+
+/// Sends one batch in one datagram and matches the answers (one per request, in order) to the
+/// requests.
+async fn apply_batch(
+    handle: ConnectionHandle<RouteNetlinkMessage>,
+    requests: Vec<Message>,
+    deletes: Vec<bool>,
+    timeout: Duration,
+) -> Vec<Result<(), NetlinkError>> {
+    let count = requests.len();
+    let Ok(answers) = handle.request_batch(requests, SocketAddr::new(0, 0)) else {
+        return (0..count).map(|_| Err(NetlinkError::Closed)).collect();
+    };
+    let codes = answers
+        .filter_map(|msg| async move {
+            match msg.payload {
+                NetlinkPayload::Error(e) => Some(e.code),
+                _ => None,
+            }
+        })
+        .collect::<Vec<_>>();
+    let codes = tokio::time::timeout(timeout, codes)
+        .await
+        .unwrap_or_default();
+    let mut outcomes: Vec<_> = deletes
+        .iter()
+        .zip(&codes)
+        .map(|(is_delete, code)| match code {
+            None => Ok(()),
+            Some(code) if *is_delete && [ENOENT, ESRCH].contains(&-code.get()) => Ok(()),
+            Some(code) => Err(NetlinkError::Kernel(kernel_error(*code))),
+        })
+        .collect();
+    outcomes.resize_with(count, || {
+        Err(NetlinkError::Timeout {
+            what: "a write batch",
+            timeout,
+        })
+    });
+    outcomes
+}
+
+fn is_delete(op: &Op) -> bool {
+    matches!(op, Op::DeleteRoute(..) | Op::DeleteNeigh(_))
+}
+
+/// Kernel notifications: links, IPv4/IPv6 routes, neighbours.
+pub type Events = UnboundedReceiver<(Message, SocketAddr)>;
+
+/// Subscribes to link, route and neighbour notifications in the calling thread's namespace.
+pub fn open_events() -> Result<Events, NetlinkError> {
+    let groups = [
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Route,
+        MulticastGroup::Neigh,
+    ];
+    let (mut conn, _handle, events) =
+        rtnetlink::new_multicast_connection(&groups).map_err(NetlinkError::Socket)?;
+    conn.socket_mut()
+        .socket_mut()
+        .set_rx_buf_sz(RECEIVE_BUFFER)
+        .map_err(NetlinkError::Socket)?;
+    tokio::spawn(conn);
+    Ok(events)
+}
+
+/// The per-tap sysctls that let a VM use its subnet's gateway address to reach the host.
+pub fn tap_sysctls(tap: &str, route_localnet: bool) -> Vec<(String, &'static str)> {
+    let mut list = vec![
+        (format!("net/ipv4/conf/{tap}/proxy_arp"), "1"),
+        (format!("net/ipv4/neigh/{tap}/proxy_delay"), "0"),
+        (format!("net/ipv4/conf/{tap}/forwarding"), "1"),
+        (format!("net/ipv6/conf/{tap}/accept_ra"), "0"),
+        (format!("net/ipv6/conf/{tap}/proxy_ndp"), "1"),
+        (format!("net/ipv6/conf/{tap}/forwarding"), "1"),
+    ];
+    if route_localnet {
+        list.push((format!("net/ipv4/conf/{tap}/route_localnet"), "1"));
+    }
+    list
+}
+
+/// Writes a tap's sysctls (in the calling thread's network namespace).
+pub fn write_sysctls(tap: &Tap, route_localnet: bool) -> Result<(), NetlinkError> {
+    for (key, value) in tap_sysctls(&tap.name, route_localnet) {
+        let path = format!("/proc/sys/{key}");
+        std::fs::write(&path, value).map_err(|source| NetlinkError::Sysctl { path, source })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysctls_cover_proxy_arp_ndp_forwarding_and_optionally_route_localnet() {
+        let keys: Vec<_> = tap_sysctls("tapx", false)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "net/ipv4/conf/tapx/proxy_arp=1",
+                "net/ipv4/neigh/tapx/proxy_delay=0",
+                "net/ipv4/conf/tapx/forwarding=1",
+                "net/ipv6/conf/tapx/accept_ra=0",
+                "net/ipv6/conf/tapx/proxy_ndp=1",
+                "net/ipv6/conf/tapx/forwarding=1",
+            ]
+        );
+        assert!(
+            tap_sysctls("tapx", true).contains(&("net/ipv4/conf/tapx/route_localnet".into(), "1"))
+        );
+    }
+}

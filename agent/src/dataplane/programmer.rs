@@ -1,0 +1,564 @@
+//! The route programmer task: it owns the desired state, the view of the kernel and the netlink
+//! sockets, and takes messages through a [`ProgrammerHandle`]. Every wake-up (a command, kernel
+//! events, the resync timer) first drains whatever else is ready, then reconciles once.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::{FutureExt, StreamExt};
+use ipnet::IpNet;
+use netlink_packet_core::NetlinkPayload;
+use netlink_packet_route::RouteNetlinkMessage;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::desired::{self, Desired, Owner};
+use super::kernel::KernelView;
+use super::messages::{self, Message};
+use super::netlink::{self, Events, Netlink, NetlinkError};
+use super::reconcile::{self, Op, Ownership};
+use super::types::{
+    DataplaneConfig, DesiredEndpoint, EndpointStatus, LearnedRoute, RouteEvent, Snapshot,
+};
+
+/// Commands queued before the task applies back-pressure.
+const COMMAND_QUEUE: usize = 4096;
+
+/// A failure to start or reach the programmer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProgrammerError {
+    /// Opening the sockets or the first read of the kernel failed.
+    #[error("cannot start the route programmer: {0}")]
+    Start(#[from] NetlinkError),
+    /// The task has stopped.
+    #[error("the route programmer has stopped")]
+    Stopped,
+}
+
+enum Command {
+    SetEndpoints(Vec<DesiredEndpoint>),
+    RemoveEndpoints(Vec<String>),
+    SetLearned(LearnedRoute),
+    RemoveLearned(IpNet),
+    DesiredComplete,
+    Resync(oneshot::Sender<()>),
+    Snapshot(oneshot::Sender<Snapshot>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// How the daemon (and skog-bgp's route events) talk to the programmer.
+#[derive(Debug, Clone)]
+pub struct ProgrammerHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl ProgrammerHandle {
+    async fn send(&self, cmd: Command) -> Result<(), ProgrammerError> {
+        self.tx
+            .send(cmd)
+            .await
+            .map_err(|_| ProgrammerError::Stopped)
+    }
+
+    async fn ask<T>(
+        &self,
+        cmd: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, ProgrammerError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(cmd(tx)).await?;
+        rx.await.map_err(|_| ProgrammerError::Stopped)
+    }
+
+    /// Adds or replaces a local endpoint.
+    pub async fn set_endpoint(&self, endpoint: DesiredEndpoint) -> Result<(), ProgrammerError> {
+        self.send(Command::SetEndpoints(vec![endpoint])).await
+    }
+
+    /// Adds or replaces many local endpoints in one message (the datastore's initial load).
+    pub async fn set_endpoints(
+        &self,
+        endpoints: Vec<DesiredEndpoint>,
+    ) -> Result<(), ProgrammerError> {
+        self.send(Command::SetEndpoints(endpoints)).await
+    }
+
+    /// Removes a local endpoint (its routes and entries go).
+    pub async fn remove_endpoint(&self, id: &str) -> Result<(), ProgrammerError> {
+        self.send(Command::RemoveEndpoints(vec![id.into()])).await
+    }
+
+    /// Removes many local endpoints in one message.
+    pub async fn remove_endpoints(&self, ids: Vec<String>) -> Result<(), ProgrammerError> {
+        self.send(Command::RemoveEndpoints(ids)).await
+    }
+
+    /// Adds or replaces a route learned over BGP (its next hops replace the previous ones).
+    pub async fn set_learned_route(&self, route: LearnedRoute) -> Result<(), ProgrammerError> {
+        self.send(Command::SetLearned(route)).await
+    }
+
+    /// Removes a route learned over BGP.
+    pub async fn remove_learned_route(&self, prefix: IpNet) -> Result<(), ProgrammerError> {
+        self.send(Command::RemoveLearned(prefix)).await
+    }
+
+    /// Says the desired state is complete (the datastore's initial load is done): from now on,
+    /// objects of ours that are not desired are deleted. Until then nothing is deleted, so a
+    /// restart keeps the dataplane as it was.
+    pub async fn desired_complete(&self) -> Result<(), ProgrammerError> {
+        self.send(Command::DesiredComplete).await
+    }
+
+    /// Re-reads the kernel and repairs any drift; returns when done.
+    pub async fn resync(&self) -> Result<(), ProgrammerError> {
+        self.ask(Command::Resync).await
+    }
+
+    /// The state after every command sent before has been applied.
+    pub async fn snapshot(&self) -> Result<Snapshot, ProgrammerError> {
+        self.ask(Command::Snapshot).await
+    }
+
+    /// Stops the task, leaving the kernel as it is.
+    pub async fn shutdown(&self) -> Result<(), ProgrammerError> {
+        self.ask(Command::Shutdown).await
+    }
+}
+
+/// Starting the programmer.
+#[derive(Debug)]
+pub struct Programmer;
+
+impl Programmer {
+    /// Opens the netlink sockets in the calling thread's network namespace, adopts what the
+    /// kernel holds, and spawns the task on the current tokio runtime. Local endpoint routes to
+    /// announce or withdraw are sent to `route_events`.
+    pub async fn start(
+        cfg: DataplaneConfig,
+        route_events: mpsc::UnboundedSender<RouteEvent>,
+    ) -> Result<(ProgrammerHandle, JoinHandle<()>), ProgrammerError> {
+        // Subscribe before the first dump, so no change between the two is missed.
+        let events = netlink::open_events()?;
+        let nl = Netlink::open(cfg.batch_size, cfg.batch_timeout)?;
+        let own = Ownership {
+            route_protocols: [cfg.endpoint_protocol, cfg.learned_protocol],
+            neigh_protocol: cfg.endpoint_protocol,
+        };
+        let view = nl.read_kernel(&own.route_protocols).await?;
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let task = Task {
+            cfg,
+            own,
+            nl,
+            events,
+            events_open: true,
+            rx,
+            route_events,
+            endpoints: BTreeMap::new(),
+            learned: BTreeMap::new(),
+            view,
+            desired: Desired::default(),
+            complete: false,
+            sysctls_done: HashSet::new(),
+            apply_errors: BTreeMap::new(),
+            announced: BTreeSet::new(),
+            stats: Stats::default(),
+            dirty: false,
+            resync_due: false,
+            replies: Vec::new(),
+        };
+        let join = tokio::spawn(task.run());
+        Ok((ProgrammerHandle { tx }, join))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    kernel_writes: u64,
+    resyncs: u64,
+    last_apply: Option<Duration>,
+    last_resync: Option<Duration>,
+}
+
+enum Reply {
+    Resync(oneshot::Sender<()>),
+    Snapshot(oneshot::Sender<Snapshot>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+struct Task {
+    cfg: DataplaneConfig,
+    own: Ownership,
+    nl: Netlink,
+    events: Events,
+    events_open: bool,
+    rx: mpsc::Receiver<Command>,
+    route_events: mpsc::UnboundedSender<RouteEvent>,
+    endpoints: BTreeMap<String, DesiredEndpoint>,
+    learned: BTreeMap<IpNet, LearnedRoute>,
+    view: KernelView,
+    desired: Desired,
+    complete: bool,
+    /// Interfaces (by index) whose sysctls are written; cleared by a resync to re-assert them.
+    sysctls_done: HashSet<u32>,
+    /// The last reconcile's failures, by owner.
+    apply_errors: BTreeMap<Owner, String>,
+    announced: BTreeSet<IpNet>,
+    stats: Stats,
+    dirty: bool,
+    resync_due: bool,
+    replies: Vec<Reply>,
+}
+
+impl Task {
+    async fn run(mut self) {
+        let mut next_resync = tokio::time::Instant::now() + jittered(self.cfg.resync_interval);
+        loop {
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => return,
+                },
+                event = self.events.next(), if self.events_open => match event {
+                    Some((msg, _)) => self.on_event(msg),
+                    None => {
+                        tracing::error!("netlink event socket closed; relying on periodic resyncs");
+                        self.events_open = false;
+                    }
+                },
+                () = tokio::time::sleep_until(next_resync) => {
+                    self.resync_due = true;
+                    next_resync = tokio::time::Instant::now() + jittered(self.cfg.resync_interval);
+                }
+            }
+            self.drain_ready();
+            if self.resync_due {
+                self.resync().await;
+            } else if self.dirty {
+                self.reconcile().await;
+            }
+            if self.send_replies() {
+                return;
+            }
+        }
+    }
+
+    /// Takes every command and event that is already waiting, so one reconcile covers them all.
+    fn drain_ready(&mut self) {
+        while let Ok(cmd) = self.rx.try_recv() {
+            self.on_command(cmd);
+        }
+        while self.events_open {
+            match self.events.next().now_or_never() {
+                Some(Some((msg, _))) => self.on_event(msg),
+                Some(None) => self.events_open = false,
+                None => break,
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::SetEndpoints(eps) => {
+                for ep in eps {
+                    self.endpoints.insert(ep.id.clone(), ep);
+                    self.dirty = true;
+                }
+            }
+            Command::RemoveEndpoints(ids) => {
+                for id in ids {
+                    self.dirty |= self.endpoints.remove(&id).is_some();
+                }
+            }
+            Command::SetLearned(route) => {
+                self.learned.insert(route.prefix, route);
+                self.dirty = true;
+            }
+            Command::RemoveLearned(prefix) => {
+                self.dirty |= self.learned.remove(&prefix).is_some();
+            }
+            Command::DesiredComplete => {
+                self.complete = true;
+                self.dirty = true;
+            }
+            Command::Resync(reply) => {
+                self.resync_due = true;
+                self.replies.push(Reply::Resync(reply));
+            }
+            Command::Snapshot(reply) => self.replies.push(Reply::Snapshot(reply)),
+            Command::Shutdown(reply) => self.replies.push(Reply::Shutdown(reply)),
+        }
+    }
+
+    fn on_event(&mut self, msg: Message) {
+        let inner = match msg.payload {
+            NetlinkPayload::Overrun(_) => {
+                tracing::warn!("netlink event overrun; full resync");
+                self.resync_due = true;
+                return;
+            }
+            NetlinkPayload::InnerMessage(inner) => inner,
+            _ => return,
+        };
+        let protocols = self.own.route_protocols;
+        match inner {
+            RouteNetlinkMessage::NewLink(link) => {
+                let Some(link) = messages::link_from_kernel(&link) else {
+                    return;
+                };
+                let was_running = self
+                    .view
+                    .links
+                    .get(&link.ifindex)
+                    .is_some_and(|l| l.running);
+                if link.running && !was_running {
+                    // The kernel drops a device's routes and entries (silently for IPv4) when
+                    // it goes down: rewrite them all once it is back.
+                    self.view
+                        .routes
+                        .retain(|_, r| !r.ifindexes().any(|i| i == link.ifindex));
+                    self.view.neighs.retain(|k, _| k.ifindex != link.ifindex);
+                }
+                if self.view.links.get(&link.ifindex) != Some(&link) {
+                    self.view.links.insert(link.ifindex, link);
+                    self.dirty = true;
+                }
+            }
+            RouteNetlinkMessage::DelLink(link) => {
+                let ifindex = link.header.index;
+                self.view.forget_link(ifindex);
+                self.sysctls_done.remove(&ifindex);
+                self.dirty = true;
+            }
+            RouteNetlinkMessage::NewRoute(route) => {
+                if let Some((key, route)) = messages::route_from_kernel(&route, &protocols)
+                    && self.view.routes.get(&key) != Some(&route)
+                {
+                    self.view.routes.insert(key, route);
+                    self.dirty = true;
+                }
+            }
+            RouteNetlinkMessage::DelRoute(route) => {
+                if let Some((key, route)) = messages::route_from_kernel(&route, &protocols)
+                    && self
+                        .view
+                        .routes
+                        .get(&key)
+                        .is_some_and(|r| r.protocol == route.protocol)
+                {
+                    self.view.routes.remove(&key);
+                    self.dirty = true;
+                }
+            }
+            RouteNetlinkMessage::NewNeighbour(neigh) => {
+                if let Some((key, neigh)) = messages::neigh_from_kernel(&neigh)
+                    && self.view.neighs.insert(key, neigh) != Some(neigh)
+                    && self.neigh_matters(&key, &neigh)
+                {
+                    self.dirty = true;
+                }
+            }
+            RouteNetlinkMessage::DelNeighbour(neigh) => {
+                if let Some((key, neigh)) = messages::neigh_from_kernel(&neigh)
+                    && self.view.neighs.remove(&key).is_some()
+                    && self.neigh_matters(&key, &neigh)
+                {
+                    self.dirty = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn neigh_matters(&self, key: &super::kernel::NeighKey, neigh: &super::kernel::Neigh) -> bool {
+        neigh.protocol == self.own.neigh_protocol || self.desired.neighs.contains_key(key)
+    }
+
+    async fn resync(&mut self) {
+        self.resync_due = false;
+        let started = Instant::now();
+        match self.nl.read_kernel(&self.own.route_protocols).await {
+            Ok(view) => {
+                self.view = view;
+                self.sysctls_done.clear();
+            }
+            Err(e) => tracing::error!("resync: reading the kernel failed: {e}"),
+        }
+        self.reconcile().await;
+        self.stats.resyncs += 1;
+        self.stats.last_resync = Some(started.elapsed());
+    }
+
+    async fn reconcile(&mut self) {
+        self.dirty = false;
+        let links = self.view.links_by_name();
+        self.desired = desired::compute(&self.endpoints, &self.learned, &links, &self.cfg);
+        drop(links);
+        let mut errors = BTreeMap::new();
+        for tap in &self.desired.taps {
+            if self.sysctls_done.contains(&tap.ifindex) {
+                continue;
+            }
+            match netlink::write_sysctls(tap, self.cfg.route_localnet) {
+                Ok(()) => {
+                    self.sysctls_done.insert(tap.ifindex);
+                }
+                Err(e) => {
+                    errors.insert(Owner::Endpoint(tap.endpoint.clone()), e.to_string());
+                }
+            }
+        }
+        let ops = reconcile::plan(&self.desired, &self.view, self.own, self.complete);
+        if !ops.is_empty() {
+            let started = Instant::now();
+            let outcomes = self.nl.apply(&ops).await;
+            self.stats.last_apply = Some(started.elapsed());
+            self.stats.kernel_writes += ops.len() as u64;
+            for (op, outcome) in ops.iter().zip(outcomes) {
+                match outcome {
+                    Ok(()) => reconcile::record(&mut self.view, op),
+                    Err(e) => {
+                        if matches!(e, NetlinkError::Timeout { .. }) {
+                            self.resync_due = true;
+                        }
+                        let what = describe(op);
+                        match reconcile::owner_of(op, &self.desired) {
+                            Some(owner) => {
+                                errors.insert(owner.clone(), format!("{what}: {e}"));
+                            }
+                            None => tracing::warn!("{what}: {e}"),
+                        }
+                    }
+                }
+            }
+        }
+        for (owner, error) in &errors {
+            tracing::warn!("{owner:?}: {error}");
+        }
+        self.apply_errors = errors;
+        self.announce();
+    }
+
+    fn announce(&mut self) {
+        let now = reconcile::announceable(&self.desired, &self.view);
+        let withdrawn = self
+            .announced
+            .difference(&now)
+            .map(|p| RouteEvent::Withdraw(*p));
+        let announced = now
+            .difference(&self.announced)
+            .map(|p| RouteEvent::Announce(*p));
+        for event in withdrawn.chain(announced) {
+            // The daemon may not listen (tests, a node without BGP): that is fine.
+            let _ = self.route_events.send(event);
+        }
+        self.announced = now;
+    }
+
+    /// Answers the queries taken since the last reconcile; true when asked to shut down.
+    fn send_replies(&mut self) -> bool {
+        let mut stop = false;
+        for reply in std::mem::take(&mut self.replies) {
+            match reply {
+                Reply::Resync(tx) => {
+                    let _ = tx.send(());
+                }
+                Reply::Snapshot(tx) => {
+                    let _ = tx.send(self.snapshot());
+                }
+                Reply::Shutdown(tx) => {
+                    let _ = tx.send(());
+                    stop = true;
+                }
+            }
+        }
+        stop
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let endpoints = self
+            .endpoints
+            .values()
+            .filter_map(|ep| {
+                let check = self.desired.endpoints.get(&ep.id)?;
+                let mut errors = check.problems.clone();
+                errors.extend(
+                    self.apply_errors
+                        .get(&Owner::Endpoint(ep.id.clone()))
+                        .cloned(),
+                );
+                Some(EndpointStatus {
+                    id: ep.id.clone(),
+                    interface: ep.interface.clone(),
+                    tap: check.tap,
+                    errors,
+                })
+            })
+            .collect();
+        let learned_problems = self
+            .desired
+            .learned_problems
+            .iter()
+            .map(|(prefix, problem)| format!("{prefix}: {problem}"))
+            .chain(
+                self.apply_errors
+                    .iter()
+                    .filter_map(|(owner, error)| match owner {
+                        Owner::Learned(prefix) => Some(format!("{prefix}: {error}")),
+                        Owner::Endpoint(_) => None,
+                    }),
+            )
+            .collect();
+        Snapshot {
+            endpoints,
+            routes_programmed: self.view.routes.len(),
+            learned_routes: self.learned.len(),
+            learned_problems,
+            kernel_writes: self.stats.kernel_writes,
+            resyncs: self.stats.resyncs,
+            last_apply: self.stats.last_apply,
+            last_resync: self.stats.last_resync,
+        }
+    }
+}
+
+fn describe(op: &Op) -> String {
+    match op {
+        Op::ReplaceRoute(k, _) => format!("route {} metric {}", k.dst, k.metric),
+        Op::DeleteRoute(k, _) => format!("deleting route {} metric {}", k.dst, k.metric),
+        Op::ReplaceNeigh(k, _) if k.proxy => {
+            format!("proxy entry {} on ifindex {}", k.ip, k.ifindex)
+        }
+        Op::ReplaceNeigh(k, _) => format!("neighbour {} on ifindex {}", k.ip, k.ifindex),
+        Op::DeleteNeigh(k) => format!("deleting neighbour {} on ifindex {}", k.ip, k.ifindex),
+    }
+}
+
+/// `interval` give or take a tenth, so that hypervisors do not resync in step.
+fn jittered(interval: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let tenth = interval / 10;
+    // A position in [0, 2 * tenth], from the clock's sub-second part.
+    let offset = tenth.mul_f64(2.0 * f64::from(nanos % 1000) / 1000.0);
+    (interval - tenth) + offset
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resyncs_are_jittered_within_a_tenth() {
+        let interval = Duration::from_secs(90);
+        for _ in 0..100 {
+            let j = jittered(interval);
+            assert!(
+                j >= Duration::from_secs(81) && j <= Duration::from_secs(99),
+                "{j:?}"
+            );
+        }
+    }
+}

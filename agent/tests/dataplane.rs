@@ -1,0 +1,529 @@
+//! The route programmer in real namespaces: a hypervisor with VMs behind veth taps.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use skog_agent::dataplane::{DataplaneConfig, LearnedNextHop, LearnedRoute, RouteEvent, TapState};
+use skog_testbed::{KernelRoute, Netns, Testbed, TorDaemon, VmSpec, wait_until};
+use support::{InNamespace, add_gateway_addresses, block_on, endpoint_of};
+
+const CONVERGE: Duration = Duration::from_secs(10);
+
+fn routes_on(ns: &Netns, dev: &str) -> Vec<KernelRoute> {
+    let mut all = ns.kernel_routes(false).unwrap();
+    all.extend(ns.kernel_routes(true).unwrap());
+    all.retain(|r| r.devices.iter().any(|d| d == dev));
+    all
+}
+
+fn has_route(ns: &Netns, dst: &str, dev: &str) -> Result<(), String> {
+    let dst: IpNet = dst.parse().unwrap();
+    let routes = routes_on(ns, dev);
+    if routes.iter().any(|r| r.dst == dst && r.protocol == "83") {
+        Ok(())
+    } else {
+        Err(format!("{routes:?}"))
+    }
+}
+
+fn no_route(ns: &Netns, dst: &str, dev: &str) -> Result<(), String> {
+    has_route(ns, dst, dev).map_or(Ok(()), |()| Err(format!("{dst} still on {dev}")))
+}
+
+#[test]
+fn vms_ping_their_gateway_and_each_other_through_programmed_taps() {
+    let mut tb = Testbed::new("dp_ping").unwrap();
+    let hv = tb.add_hypervisor("hv1", 65001).unwrap();
+    let vm1 = tb.add_vm(hv, VmSpec::numbered("vm1", 1)).unwrap();
+    let vm2 = tb.add_vm(hv, VmSpec::numbered("vm2", 2)).unwrap();
+    let ns = tb.hv(hv).unwrap().ns();
+    add_gateway_addresses(ns);
+    let p = InNamespace::start(ns, DataplaneConfig::default());
+    p.set(endpoint_of(&tb, vm1));
+    p.set(endpoint_of(&tb, vm2));
+    p.complete();
+    let tap1 = tb.vm(vm1).unwrap().tap.clone();
+
+    let detail = ns.ip(&["route", "show", "198.51.100.11/32"]).unwrap();
+    assert!(
+        detail.contains(&format!("dev {tap1} proto 83 scope link metric 1024")),
+        "{detail}"
+    );
+    let neigh = ns
+        .ip(&["neigh", "show", "198.51.100.11", "dev", &tap1])
+        .unwrap();
+    assert!(
+        neigh.contains("lladdr fa:16:3e:00:00:01 PERMANENT"),
+        "{neigh}"
+    );
+    let proxy = ns
+        .ip(&["-6", "neigh", "show", "proxy", "dev", &tap1])
+        .unwrap();
+    assert!(proxy.contains("2001:db8:100::1"), "{proxy}");
+    assert_eq!(
+        ns.read_sysctl(&format!("net.ipv4.conf.{tap1}.proxy_arp"))
+            .unwrap(),
+        "1"
+    );
+    assert_eq!(
+        ns.read_sysctl(&format!("net.ipv6.conf.{tap1}.proxy_ndp"))
+            .unwrap(),
+        "1"
+    );
+    assert_eq!(
+        ns.read_sysctl(&format!("net.ipv6.conf.{tap1}.accept_ra"))
+            .unwrap(),
+        "0"
+    );
+
+    let a = tb.vm(vm1).unwrap().ns();
+    for to in ["198.51.100.1", "2001:db8:100::1"] {
+        let to: IpAddr = to.parse().unwrap();
+        wait_until("the VM to ping its gateway", CONVERGE, || {
+            a.ping(to, 1).unwrap().then_some(()).ok_or_else(String::new)
+        })
+        .unwrap();
+    }
+    for v6 in [false, true] {
+        let to = tb.vm_addr(vm2, v6).unwrap();
+        wait_until("vm1 to ping vm2", CONVERGE, || {
+            a.ping(to, 1).unwrap().then_some(()).ok_or_else(String::new)
+        })
+        .unwrap();
+    }
+    let snap = p.snapshot();
+    assert_eq!(snap.routes_programmed, 4);
+    assert!(
+        snap.endpoints
+            .iter()
+            .all(|e| e.tap == TapState::Up && e.errors.is_empty()),
+        "{snap:?}"
+    );
+}
+
+#[test]
+fn routes_exist_only_while_the_tap_is_up_and_follow_it_in_bgp_events() {
+    let mut tb = Testbed::new("dp_updown").unwrap();
+    let hv = tb.add_hypervisor("hv1", 65001).unwrap();
+    let vm1 = tb.add_vm(hv, VmSpec::numbered("vm1", 1)).unwrap();
+    let ns = tb.hv(hv).unwrap().ns();
+    let tap = tb.vm(vm1).unwrap().tap.clone();
+    let mut p = InNamespace::start(ns, DataplaneConfig::default());
+    p.set(endpoint_of(&tb, vm1));
+    p.complete();
+    wait_until("route", CONVERGE, || {
+        has_route(ns, "198.51.100.11/32", &tap)
+    })
+    .unwrap();
+    let v4: IpNet = "198.51.100.11/32".parse().unwrap();
+    assert!(p.take_events().contains(&RouteEvent::Announce(v4)));
+
+    // Carrier loss (the VM's side goes down), then the tap itself goes down.
+    let vm_ns = tb.vm(vm1).unwrap().ns();
+    vm_ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+    wait_until("route withdrawn on carrier loss", CONVERGE, || {
+        no_route(ns, "198.51.100.11/32", &tap)
+    })
+    .unwrap();
+    wait_until("v6 route withdrawn", CONVERGE, || {
+        no_route(ns, "2001:db8:100::11/128", &tap)
+    })
+    .unwrap();
+    assert_eq!(p.snapshot().endpoints[0].tap, TapState::Down);
+    assert!(p.take_events().contains(&RouteEvent::Withdraw(v4)));
+    vm_ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    wait_until("route back", CONVERGE, || {
+        has_route(ns, "198.51.100.11/32", &tap)
+    })
+    .unwrap();
+    assert!(p.take_events().contains(&RouteEvent::Announce(v4)));
+
+    ns.ip(&["link", "set", &tap, "down"]).unwrap();
+    wait_until("route gone with the tap down", CONVERGE, || {
+        no_route(ns, "198.51.100.11/32", &tap)
+    })
+    .unwrap();
+    ns.ip(&["link", "set", &tap, "up"]).unwrap();
+    wait_until("route back with the tap up", CONVERGE, || {
+        has_route(ns, "198.51.100.11/32", &tap)
+    })
+    .unwrap();
+    wait_until("v6 route back", CONVERGE, || {
+        has_route(ns, "2001:db8:100::11/128", &tap)
+    })
+    .unwrap();
+    wait_until("ARP entry back", CONVERGE, || {
+        let n = ns
+            .ip(&["neigh", "show", "198.51.100.11", "dev", &tap])
+            .unwrap();
+        n.contains("PERMANENT").then_some(()).ok_or(n)
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_tap_recreated_with_a_new_ifindex_gets_its_routes_again() {
+    let mut tb = Testbed::new("dp_recreate").unwrap();
+    let hv = tb.add_hypervisor("hv1", 65001).unwrap();
+    let vm1 = tb.add_vm(hv, VmSpec::numbered("vm1", 1)).unwrap();
+    let ns = tb.hv(hv).unwrap().ns();
+    let make = || {
+        ns.ip(&[
+            "link", "add", "tapre", "type", "veth", "peer", "name", "tapre-p",
+        ])
+        .unwrap();
+        ns.ip(&["link", "set", "tapre-p", "up"]).unwrap();
+        ns.ip(&["link", "set", "tapre", "up"]).unwrap();
+    };
+    let p = InNamespace::start(ns, DataplaneConfig::default());
+    let mut ep = endpoint_of(&tb, vm1);
+    ep.interface = "tapre".into();
+    p.set(ep);
+    p.complete();
+    assert_eq!(p.snapshot().endpoints[0].tap, TapState::Missing);
+    make();
+    wait_until("route on the new tap", CONVERGE, || {
+        has_route(ns, "198.51.100.11/32", "tapre")
+    })
+    .unwrap();
+    ns.ip(&["link", "del", "tapre"]).unwrap();
+    make();
+    wait_until("route on the re-created tap", CONVERGE, || {
+        has_route(ns, "198.51.100.11/32", "tapre")
+    })
+    .unwrap();
+    assert_eq!(
+        ns.read_sysctl("net.ipv4.conf.tapre.proxy_arp").unwrap(),
+        "1"
+    );
+}
+
+#[test]
+fn a_resync_repairs_drift_and_never_touches_foreign_routes() {
+    let mut tb = Testbed::new("dp_drift").unwrap();
+    let hv = tb.add_hypervisor("hv1", 65001).unwrap();
+    let vm1 = tb.add_vm(hv, VmSpec::numbered("vm1", 1)).unwrap();
+    let ns = tb.hv(hv).unwrap().ns();
+    let tap = tb.vm(vm1).unwrap().tap.clone();
+    // Foreign routes on the tap: one beside ours, one for the same address at another metric.
+    ns.ip(&[
+        "route",
+        "add",
+        "203.0.113.77/32",
+        "dev",
+        &tap,
+        "proto",
+        "static",
+    ])
+    .unwrap();
+    ns.ip(&[
+        "route",
+        "add",
+        "198.51.100.11/32",
+        "dev",
+        &tap,
+        "proto",
+        "static",
+        "metric",
+        "50",
+    ])
+    .unwrap();
+    let p = InNamespace::start(ns, DataplaneConfig::default());
+    p.set(endpoint_of(&tb, vm1));
+    p.complete();
+    wait_until("route", CONVERGE, || {
+        has_route(ns, "198.51.100.11/32", &tap)
+    })
+    .unwrap();
+
+    // Drift: our route deleted by hand, a stray of ours, one of ours at a wrong metric.
+    ns.ip(&[
+        "route",
+        "del",
+        "198.51.100.11/32",
+        "dev",
+        &tap,
+        "proto",
+        "83",
+        "metric",
+        "1024",
+    ])
+    .unwrap();
+    ns.ip(&["route", "add", "203.0.113.9/32", "dev", &tap, "proto", "83"])
+        .unwrap();
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8:100::11/128",
+        "dev",
+        &tap,
+        "proto",
+        "83",
+        "metric",
+        "7",
+    ])
+    .unwrap();
+    p.resync();
+    let shown = ns.ip(&["route", "show", "dev", &tap]).unwrap();
+    assert!(
+        shown.contains("198.51.100.11 proto 83 scope link metric 1024"),
+        "{shown}"
+    );
+    assert!(!shown.contains("203.0.113.9"), "{shown}");
+    assert!(shown.contains("203.0.113.77 proto static"), "{shown}");
+    assert!(
+        shown.contains("198.51.100.11 proto static scope link metric 50"),
+        "{shown}"
+    );
+    let shown6 = ns.ip(&["-6", "route", "show", "dev", &tap]).unwrap();
+    assert!(!shown6.contains("metric 7"), "{shown6}");
+    assert!(
+        shown6.contains("2001:db8:100::11 proto 83 metric 1024"),
+        "{shown6}"
+    );
+
+    // Removing the endpoint removes only ours.
+    block_on(p.handle.remove_endpoint(&endpoint_of(&tb, vm1).id)).unwrap();
+    wait_until("our route removed", CONVERGE, || {
+        let shown = ns.ip(&["route", "show", "dev", &tap]).unwrap();
+        (!shown.contains("proto 83"))
+            .then_some(shown.clone())
+            .ok_or(shown)
+    })
+    .map(|shown| {
+        assert!(shown.contains("203.0.113.77 proto static"), "{shown}");
+        assert!(shown.contains("metric 50"), "{shown}");
+    })
+    .unwrap();
+    // Its ARP and proxy NDP entries go too.
+    wait_until("our neighbour entries removed", CONVERGE, || {
+        let arp = ns
+            .ip(&["neigh", "show", "dev", &tap, "nud", "permanent"])
+            .unwrap();
+        let proxy = ns
+            .ip(&["-6", "neigh", "show", "proxy", "dev", &tap])
+            .unwrap();
+        (arp.trim().is_empty() && proxy.trim().is_empty())
+            .then_some(())
+            .ok_or(format!("{arp}{proxy}"))
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_restarted_programmer_adopts_the_kernel_without_a_single_write() {
+    let mut tb = Testbed::new("dp_restart").unwrap();
+    let hv = tb.add_hypervisor("hv1", 65001).unwrap();
+    let vm1 = tb.add_vm(hv, VmSpec::numbered("vm1", 1)).unwrap();
+    let vm2 = tb.add_vm(hv, VmSpec::numbered("vm2", 2)).unwrap();
+    let ns = tb.hv(hv).unwrap().ns();
+    let first = InNamespace::start(ns, DataplaneConfig::default());
+    first.set(endpoint_of(&tb, vm1));
+    first.set(endpoint_of(&tb, vm2));
+    first.complete();
+    assert_eq!(first.snapshot().routes_programmed, 4);
+    let before = (
+        ns.kernel_routes(false).unwrap(),
+        ns.kernel_routes(true).unwrap(),
+        ns.ip(&["neigh", "show", "nud", "permanent"]).unwrap(),
+    );
+    first.stop();
+    // Shutdown leaves everything in place.
+    let after_stop = (
+        ns.kernel_routes(false).unwrap(),
+        ns.kernel_routes(true).unwrap(),
+        ns.ip(&["neigh", "show", "nud", "permanent"]).unwrap(),
+    );
+    assert_eq!(before, after_stop);
+
+    let second = InNamespace::start(ns, DataplaneConfig::default());
+    // Before the desired state is complete, nothing is deleted even though nothing is desired.
+    assert_eq!(second.snapshot().kernel_writes, 0);
+    second.set(endpoint_of(&tb, vm1));
+    second.set(endpoint_of(&tb, vm2));
+    second.complete();
+    let snap = second.snapshot();
+    assert_eq!(snap.kernel_writes, 0, "{snap:?}");
+    assert_eq!(snap.routes_programmed, 4);
+    let after = (
+        ns.kernel_routes(false).unwrap(),
+        ns.kernel_routes(true).unwrap(),
+        ns.ip(&["neigh", "show", "nud", "permanent"]).unwrap(),
+    );
+    assert_eq!(before, after);
+}
+
+#[test]
+fn ecmp_learned_routes_are_installed_and_replaced_when_next_hops_change() {
+    let mut tb = Testbed::new("dp_ecmp").unwrap();
+    let hv = tb.add_hypervisor("hv1", 65001).unwrap();
+    let t1 = tb.add_tor("tor1", TorDaemon::Bird, 65100).unwrap();
+    let t2 = tb.add_tor("tor2", TorDaemon::Bird, 65100).unwrap();
+    let u1 = tb.link(hv, t1).unwrap();
+    let u2 = tb.link(hv, t2).unwrap();
+    let ns = tb.hv(hv).unwrap().ns();
+    let p = InNamespace::start(ns, DataplaneConfig::default());
+    let nh = |gw: IpAddr| LearnedNextHop {
+        gateway: gw,
+        interface: None,
+    };
+    let v4: IpNet = "203.0.113.0/25".parse().unwrap();
+    let v6: IpNet = "2001:db8:200::/48".parse().unwrap();
+    let set = |prefix: IpNet, hops: Vec<IpAddr>| {
+        block_on(p.handle.set_learned_route(LearnedRoute {
+            prefix,
+            next_hops: hops.into_iter().map(nh).collect(),
+        }))
+        .unwrap();
+    };
+    set(v4, vec![u1.tor_v4.into(), u2.tor_v4.into()]);
+    set(v6, vec![u1.tor_v6.into(), u2.tor_v6.into()]);
+    p.complete();
+    let gateways = |v6: bool, dst: IpNet| -> Result<Vec<IpAddr>, String> {
+        let routes = ns.kernel_routes(v6).unwrap();
+        let r = routes
+            .iter()
+            .find(|r| r.dst == dst)
+            .ok_or(format!("{routes:?}"))?;
+        if r.protocol != "84" {
+            return Err(format!("{r:?}"));
+        }
+        let mut g = r.gateways.clone();
+        g.sort();
+        Ok(g)
+    };
+    let mut both4: Vec<IpAddr> = vec![u1.tor_v4.into(), u2.tor_v4.into()];
+    both4.sort();
+    let mut both6: Vec<IpAddr> = vec![u1.tor_v6.into(), u2.tor_v6.into()];
+    both6.sort();
+    wait_until("v4 ECMP", CONVERGE, || {
+        gateways(false, v4).and_then(|g| {
+            if g == both4 {
+                Ok(())
+            } else {
+                Err(format!("{g:?}"))
+            }
+        })
+    })
+    .unwrap();
+    wait_until("v6 ECMP", CONVERGE, || {
+        gateways(true, v6).and_then(|g| {
+            if g == both6 {
+                Ok(())
+            } else {
+                Err(format!("{g:?}"))
+            }
+        })
+    })
+    .unwrap();
+    set(v4, vec![u2.tor_v4.into()]);
+    set(v6, vec![u1.tor_v6.into()]);
+    wait_until("v4 one hop", CONVERGE, || {
+        gateways(false, v4).and_then(|g| {
+            if g == vec![IpAddr::from(u2.tor_v4)] {
+                Ok(())
+            } else {
+                Err(format!("{g:?}"))
+            }
+        })
+    })
+    .unwrap();
+    wait_until("v6 one hop", CONVERGE, || {
+        gateways(true, v6).and_then(|g| {
+            if g == vec![IpAddr::from(u1.tor_v6)] {
+                Ok(())
+            } else {
+                Err(format!("{g:?}"))
+            }
+        })
+    })
+    .unwrap();
+    block_on(p.handle.remove_learned_route(v4)).unwrap();
+    wait_until("v4 removed", CONVERGE, || {
+        gateways(false, v4).map_or(Ok(()), |g| Err(format!("{g:?}")))
+    })
+    .unwrap();
+    assert_eq!(p.snapshot().learned_routes, 1);
+}
+
+#[test]
+fn bad_endpoints_are_reported_and_skipped_without_affecting_others() {
+    let mut tb = Testbed::new("dp_bad").unwrap();
+    let hv = tb.add_hypervisor("hv1", 65001).unwrap();
+    let vm1 = tb.add_vm(hv, VmSpec::numbered("vm1", 1)).unwrap();
+    let vm2 = tb.add_vm(hv, VmSpec::numbered("vm2", 2)).unwrap();
+    let ns = tb.hv(hv).unwrap().ns();
+    let tap1 = tb.vm(vm1).unwrap().tap.clone();
+    let tap2 = tb.vm(vm2).unwrap().tap.clone();
+    let p = InNamespace::start(ns, DataplaneConfig::default());
+    let mut missing = endpoint_of(&tb, vm1);
+    missing.id = "a-missing".into();
+    missing.interface = "tapnothere".into();
+    missing.addresses = vec!["198.51.100.99/32".parse().unwrap()];
+    let good = endpoint_of(&tb, vm1);
+    // vm2's endpoint also claims vm1's address.
+    let mut clash = endpoint_of(&tb, vm2);
+    clash.id = "z-clash".into();
+    clash.addresses.push("198.51.100.11/32".parse().unwrap());
+    p.set(missing);
+    p.set(good.clone());
+    p.set(clash);
+    p.complete();
+    wait_until("good route", CONVERGE, || {
+        has_route(ns, "198.51.100.11/32", &tap1)
+    })
+    .unwrap();
+    wait_until("clashing endpoint's own route", CONVERGE, || {
+        has_route(ns, "198.51.100.12/32", &tap2)
+    })
+    .unwrap();
+    assert!(no_route(ns, "198.51.100.11/32", &tap2).is_ok());
+    let snap = p.snapshot();
+    let by_id = |id: &str| snap.endpoints.iter().find(|e| e.id == id).unwrap().clone();
+    assert_eq!(by_id("a-missing").tap, TapState::Missing);
+    assert!(by_id(&good.id).errors.is_empty());
+    let clash = by_id("z-clash");
+    assert!(
+        clash
+            .errors
+            .iter()
+            .any(|e| e.contains("198.51.100.11/32") && e.contains(&good.id)),
+        "{clash:?}"
+    );
+    assert_eq!(snap.routes_programmed, 4);
+}
+
+#[test]
+fn the_periodic_resync_repairs_drift_no_event_reports() {
+    let mut tb = Testbed::new("dp_periodic").unwrap();
+    let hv = tb.add_hypervisor("hv1", 65001).unwrap();
+    let vm1 = tb.add_vm(hv, VmSpec::numbered("vm1", 1)).unwrap();
+    let ns = tb.hv(hv).unwrap().ns();
+    let tap = tb.vm(vm1).unwrap().tap.clone();
+    let cfg = DataplaneConfig {
+        resync_interval: Duration::from_secs(1),
+        ..DataplaneConfig::default()
+    };
+    let p = InNamespace::start(ns, cfg);
+    p.set(endpoint_of(&tb, vm1));
+    p.complete();
+    let key = format!("net.ipv4.conf.{tap}.proxy_arp");
+    wait_until("sysctl", CONVERGE, || {
+        let v = ns.read_sysctl(&key).unwrap();
+        (v == "1").then_some(()).ok_or(v)
+    })
+    .unwrap();
+    // A sysctl changed by hand raises no netlink event: only the periodic resync sees it.
+    ns.sysctl(&key, "0").unwrap();
+    wait_until("the resync to restore proxy_arp", CONVERGE, || {
+        let v = ns.read_sysctl(&key).unwrap();
+        (v == "1").then_some(()).ok_or(v)
+    })
+    .unwrap();
+    assert!(p.snapshot().resyncs >= 1);
+}
