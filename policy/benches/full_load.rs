@@ -9,7 +9,9 @@ fn main() {
     let (_tb, ns) = common::bed("bench_full");
     let n = if common::quick() { 3 } else { 15 };
     let model = common::cloud(1000);
-    let nft = Nft::new().in_netns(&ns).with_timeout(std::time::Duration::from_secs(60));
+    let nft = Nft::new()
+        .in_netns(&ns)
+        .with_timeout(std::time::Duration::from_secs(60));
     let rt = common::runtime();
     let text = compile(&model).unwrap().ruleset.full_script();
     let clear = "add table inet skog\ndelete table inet skog\n";

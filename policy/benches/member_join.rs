@@ -10,10 +10,13 @@ fn main() {
     let (_tb, ns) = common::bed("bench_join");
     let n = if common::quick() { 5 } else { 50 };
     let mut model = common::cloud(1000);
-    let nft = Nft::new().in_netns(&ns).with_timeout(std::time::Duration::from_secs(60));
+    let nft = Nft::new()
+        .in_netns(&ns)
+        .with_timeout(std::time::Duration::from_secs(60));
     let rt = common::runtime();
     let mut applier = Applier::new(nft.clone());
-    rt.block_on(applier.apply(&compile(&model).unwrap().ruleset)).unwrap();
+    rt.block_on(applier.apply(&compile(&model).unwrap().ruleset))
+        .unwrap();
     let selector = common::sg_selector(common::DEFAULT_SG);
     let set = selector_set(&selector, false);
     let skog = common::time_n(n, |k| {
@@ -22,7 +25,8 @@ fn main() {
         if !members.insert(ip) {
             members.remove(&ip);
         }
-        rt.block_on(applier.apply(&compile(&model).unwrap().ruleset)).unwrap();
+        rt.block_on(applier.apply(&compile(&model).unwrap().ruleset))
+            .unwrap();
     });
     let reference = common::time_n(n, |k| {
         let ip = format!("192.0.2.{}", 100 + k % 100);

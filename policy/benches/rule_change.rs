@@ -19,10 +19,13 @@ fn main() {
         }
     }
     model.policies.insert(shared.clone(), policy.clone());
-    let nft = Nft::new().in_netns(&ns).with_timeout(std::time::Duration::from_secs(60));
+    let nft = Nft::new()
+        .in_netns(&ns)
+        .with_timeout(std::time::Duration::from_secs(60));
     let rt = common::runtime();
     let mut applier = Applier::new(nft.clone());
-    rt.block_on(applier.apply(&compile(&model).unwrap().ruleset)).unwrap();
+    rt.block_on(applier.apply(&compile(&model).unwrap().ruleset))
+        .unwrap();
     let mut scripts = Vec::new();
     let skog = common::time_n(n, |k| {
         let before = applier.applied().cloned().unwrap();
