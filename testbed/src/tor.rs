@@ -72,6 +72,10 @@ pub struct TorOptions {
     /// Also carry IPv4 unicast on the IPv6 sessions, with IPv6 next hops (RFC 8950). BIRD
     /// and FRR only.
     pub extended_next_hop: bool,
+    /// More prefixes for the ToR to originate (blackhole statics, not in its own kernel), in
+    /// BIRD static protocols `extra4` / `extra6` that start disabled: `tor.cli("enable extra6")`
+    /// releases them at a chosen moment (for "learned routes" benchmarks). BIRD only.
+    pub extra_routes: Vec<ipnet::IpNet>,
 }
 
 const FRR_DIR: &str = "/usr/lib/frr";
@@ -88,6 +92,18 @@ pub(crate) fn bird_tor_config(cfg: &RouterConfig) -> String {
          protocol static default6 {{ ipv6; route ::/0 blackhole; }}\n",
         cfg.router_id
     );
+    for (name, family, v6) in [("extra4", "ipv4", false), ("extra6", "ipv6", true)] {
+        let routes = cfg
+            .options
+            .extra_routes
+            .iter()
+            .filter(|p| p.addr().is_ipv6() == v6);
+        let _ = writeln!(s, "protocol static {name} {{ {family}; disabled;");
+        for p in routes {
+            let _ = writeln!(s, "  route {p} blackhole;");
+        }
+        let _ = writeln!(s, "}}");
+    }
     for n in &cfg.neighbors {
         let ibgp = n.remote_asn == cfg.asn;
         let family = if n.remote.is_ipv4() { "ipv4" } else { "ipv6" };
@@ -513,10 +529,14 @@ mod tests {
         c.options = TorOptions {
             md5_password: Some("s3cret".into()),
             extended_next_hop: true,
+            extra_routes: vec!["2001:db8:200::1/128".parse().unwrap()],
         };
         let bird = bird_tor_config(&c);
         assert!(bird.contains("password \"s3cret\";"));
         assert!(bird.contains("extended next hop on;"));
+        assert!(bird.contains(
+            "protocol static extra6 { ipv6; disabled;\n  route 2001:db8:200::1/128 blackhole;"
+        ));
         let frr = frr_bgpd_config("tor1", &c);
         assert!(frr.contains("neighbor 192.0.2.1 password s3cret"));
         assert!(frr.contains("neighbor 2001:db8:ffff:1::2 capability extended-nexthop"));
