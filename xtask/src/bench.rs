@@ -25,8 +25,13 @@ pub fn run(quick: bool) -> Result<()> {
         let Ok(entries) = std::fs::read_dir(&benches) else {
             continue;
         };
+        // Each `benches/<name>.rs` is a bench target; folders hold their shared code.
         let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok()?.path().file_stem()?.to_str().map(str::to_owned))
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                let is_bench = path.extension().is_some_and(|x| x == "rs");
+                is_bench.then(|| path.file_stem()?.to_str().map(str::to_owned))?
+            })
             .collect();
         names.sort();
         for name in names {
