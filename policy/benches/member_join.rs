@@ -1,6 +1,9 @@
 //! One IP joining a security group referenced by 1,000 endpoints: Skog (compile, diff, one
 //! `add element` transaction) beside `nft -f` of that one `add element` line.
 
+// A benchmark is a test harness: a failed step aborts the run.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use skog_policy::names::selector_set;

@@ -2,6 +2,9 @@
 //! (compile, diff, one transaction rewriting the group's chain) beside `nft -f` of the same
 //! flush-and-refill text.
 
+// A benchmark is a test harness: a failed step aborts the run.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use skog_policy::{Applier, Nft, compile, diff};
