@@ -780,10 +780,14 @@ fn unknown(what: &str, index: usize) -> Error {
     Error::Topology(format!("no {what} with index {index}"))
 }
 
+/// Turns a new hypervisor or ToR namespace into a router. Duplicate address detection is off
+/// for its interfaces: the links are point-to-point test links, and FRR will not start an IPv6
+/// session until the link-local address has left DAD.
 fn enable_forwarding(ns: &Netns) -> Result<()> {
     ns.sysctl("net.ipv4.ip_forward", "1")?;
     ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
-    ns.sysctl("net.ipv6.conf.default.forwarding", "1")
+    ns.sysctl("net.ipv6.conf.default.forwarding", "1")?;
+    ns.sysctl("net.ipv6.conf.default.accept_dad", "0")
 }
 
 /// `prefix` + `name`, cut to the 15 bytes Linux allows in an interface name.
