@@ -129,18 +129,7 @@ fn main() {
         };
     }
     cfg.export = (0..ANNOUNCED).map(announced).collect();
-    let rt = tb
-        .hv(hv)
-        .unwrap()
-        .ns()
-        .enter(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-        })
-        .unwrap()
-        .unwrap();
+    let rt = tb.hv(hv).unwrap().ns().tokio_runtime(2).unwrap();
     let (handle, mut events) = rt.block_on(rt.spawn(Speaker::start(cfg))).unwrap().unwrap();
     let gw = up.tor_v6;
     let ns = hv_ns_name.clone();

@@ -47,15 +47,7 @@ fn two_speakers_collide_settle_and_exchange_routes() {
     let hv = tb.add_hypervisor("hv1", 65001).unwrap();
     let ns = tb.hv(hv).unwrap().ns();
     ns.ip(&["addr", "add", "127.0.0.2/8", "dev", "lo"]).unwrap();
-    let rt = ns
-        .enter(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-        })
-        .unwrap()
-        .unwrap();
+    let rt = ns.tokio_runtime(2).unwrap();
     let start = |cfg: SpeakerConfig| -> (SpeakerHandle, _) {
         rt.block_on(rt.spawn(Speaker::start(cfg))).unwrap().unwrap()
     };

@@ -101,6 +101,19 @@ impl Netns {
             .ok_or_else(|| Error::ClosurePanicked(self.name.clone()))
     }
 
+    /// A multi-thread tokio runtime whose worker threads live in this namespace (they are
+    /// spawned by a thread that entered it), so every socket its tasks open is the namespace's.
+    /// Spawn work on it (`rt.spawn`) rather than `block_on`, which runs on the calling thread.
+    pub fn tokio_runtime(&self, worker_threads: usize) -> Result<tokio::runtime::Runtime> {
+        self.enter(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(worker_threads)
+                .enable_all()
+                .build()
+        })?
+        .map_err(|e| Error::io("build a tokio runtime", e))
+    }
+
     /// Starts `f` on a thread that has entered this namespace. The handle yields `None` only if
     /// `f` could not run, which this function already reports as an error.
     pub(crate) fn spawn_inside<R: Send + 'static>(

@@ -61,15 +61,7 @@ pub fn speaker_config(tb: &Testbed, hv: HvId, gr: Option<GracefulRestartConfig>)
 pub fn start_speaker(tb: &Testbed, hv: HvId, cfg: SpeakerConfig) -> Running {
     let ns = tb.hv(hv).unwrap().ns();
     let ns_name = ns.name().to_owned();
-    let rt = ns
-        .enter(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-        })
-        .unwrap()
-        .unwrap();
+    let rt = ns.tokio_runtime(2).unwrap();
     // Spawned, not block_on'd: tasks run on the runtime's threads, inside the namespace.
     let (handle, mut rx) = rt.block_on(rt.spawn(Speaker::start(cfg))).unwrap().unwrap();
     let learned = Arc::new(Mutex::new(BTreeMap::new()));
