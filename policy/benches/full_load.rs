@@ -1,6 +1,9 @@
 //! Full load of 1,000 endpoints x 20 rules with remote-group sets: Skog (compile + one atomic
 //! replacement) beside `nft -f` of the same table text, both into an empty namespace table.
 
+// A benchmark fails loudly: unwrap is the right tool here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use skog_policy::{Applier, Nft, compile};
@@ -9,7 +12,9 @@ fn main() {
     let (_tb, ns) = common::bed("bench_full");
     let n = if common::quick() { 3 } else { 15 };
     let model = common::cloud(1000);
-    let nft = Nft::new().in_netns(&ns).with_timeout(std::time::Duration::from_secs(60));
+    let nft = Nft::new()
+        .in_netns(&ns)
+        .with_timeout(std::time::Duration::from_secs(60));
     let rt = common::runtime();
     let text = compile(&model).unwrap().ruleset.full_script();
     let clear = "add table inet skog\ndelete table inet skog\n";

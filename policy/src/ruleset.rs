@@ -271,7 +271,11 @@ mod tests {
         new.chains.insert("a".into(), chain(&["drop"]));
         new.chains.insert("c".into(), chain(&["return"]));
         let patch = old.patch_to(&new);
-        assert_eq!(patch.chains.len(), 2, "unchanged chain a is not in the patch");
+        assert_eq!(
+            patch.chains.len(),
+            2,
+            "unchanged chain a is not in the patch"
+        );
         assert_eq!(patch.chains["b"], None);
         old.apply_patch(&patch);
         assert_eq!(old, new);

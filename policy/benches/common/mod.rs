@@ -34,11 +34,15 @@ pub fn sg_id(i: usize) -> String {
 pub const DEFAULT_SG: usize = 0;
 
 fn v4(i: usize) -> IpNet {
-    format!("198.51.{}.{}/32", 100 + i / 250, 1 + i % 250).parse().unwrap()
+    format!("198.51.{}.{}/32", 100 + i / 250, 1 + i % 250)
+        .parse()
+        .unwrap()
 }
 
 fn v6(i: usize) -> IpNet {
-    format!("2001:db8:100::{:x}/128", 0x1000 + i).parse().unwrap()
+    format!("2001:db8:100::{:x}/128", 0x1000 + i)
+        .parse()
+        .unwrap()
 }
 
 /// 20 ingress rules of an OpenStack security group: ports, ranges, ICMP, remote groups.
@@ -55,7 +59,9 @@ fn sg_rules(i: usize, endpoints: usize) -> Vec<Rule> {
     }
     for k in 0..4 {
         let mut r = tcp(vec![format!("{}:{}", 20000 + k * 100, 20050 + k * 100)]);
-        r.protocol = Some(Protocol::Name(if k % 2 == 0 { "TCP" } else { "UDP" }.into()));
+        r.protocol = Some(Protocol::Name(
+            if k % 2 == 0 { "TCP" } else { "UDP" }.into(),
+        ));
         r.source.nets = vec![format!("192.0.2.{}/32", k * 8).parse().unwrap()];
         rules.push(r);
     }
@@ -143,7 +149,13 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// Prints the `BENCH` line `cargo xtask bench` collects.
-pub fn report(name: &str, skog: &[Duration], reference: &str, reference_times: &[Duration], target: &str) {
+pub fn report(
+    name: &str,
+    skog: &[Duration],
+    reference: &str,
+    reference_times: &[Duration],
+    target: &str,
+) {
     println!(
         "BENCH {{\"name\":\"{name}\",\"unit\":\"ms\",\"skog_median\":{},\"skog_p99\":{},\"reference\":\"{reference}\",\"reference_median\":{},\"target\":\"{target}\"}}",
         ms(pct(skog, 0.5)),
