@@ -1,7 +1,7 @@
 //! Full load of 1,000 endpoints x 20 rules with remote-group sets: Skog (compile + one atomic
 //! replacement) beside `nft -f` of the same table text, both into an empty namespace table.
 
-// A benchmark is a test harness: a failed step aborts the run.
+// A benchmark fails loudly: unwrap is the right tool here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -1,12 +1,13 @@
 //! One rule changed in a security group used by 100 endpoints (in a table of 1,000): Skog
-//! (compile, diff, one transaction rewriting the group's chain) beside `nft -f` of the same
-//! flush-and-refill text.
+//! (the policy's patch, its script, one transaction rewriting the group's chain) beside
+//! `nft -f` of the same flush-and-refill text.
 
-// A benchmark is a test harness: a failed step aborts the run.
+// A benchmark fails loudly: unwrap is the right tool here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use skog_policy::compile::policy_patch;
 use skog_policy::{Applier, Nft, compile, diff};
 
 fn main() {
@@ -30,14 +31,19 @@ fn main() {
     rt.block_on(applier.apply(&compile(&model).unwrap().ruleset))
         .unwrap();
     let mut scripts = Vec::new();
-    let skog = common::time_n(n, |k| {
-        let before = applier.applied().cloned().unwrap();
+    let mut skog = Vec::new();
+    for k in 0..n {
         policy.ingress.as_mut().unwrap()[0].destination.ports = vec![(30000 + k).to_string()];
         model.policies.insert(shared.clone(), policy.clone());
-        let ruleset = compile(&model).unwrap().ruleset;
-        rt.block_on(applier.apply(&ruleset)).unwrap();
-        scripts.push(diff::script(&before, &before.patch_to(&ruleset)).unwrap());
-    });
+        let before = applier.applied().cloned().unwrap();
+        let started = std::time::Instant::now();
+        let (patch, _) = policy_patch(&model, &shared, applier.applied().unwrap()).unwrap();
+        rt.block_on(applier.apply_patch(&patch)).unwrap();
+        skog.push(started.elapsed());
+        // The same text, for the reference run.
+        scripts.push(diff::script(&before, &patch).unwrap());
+    }
+    skog.sort();
     let reference = common::time_n(n, |k| {
         rt.block_on(nft.run_script(&scripts[k])).unwrap();
     });

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::diff;
 use crate::names::{FAMILY, TABLE};
+use crate::netlink::{ElementChange, ElementOp, SetElementWriter};
 use crate::nft::{Nft, NftError};
 use crate::ruleset::{Patch, Ruleset};
 
@@ -45,6 +46,8 @@ pub enum ApplyOutcome {
     Unchanged,
     /// The changes were sent as one incremental transaction of this many bytes.
     Incremental { script_bytes: usize },
+    /// Only set elements changed; sent over nfnetlink as one batch of this many messages.
+    Elements { messages: usize },
     /// The whole table was replaced in one transaction.
     Replaced { why: ReplaceReason },
 }
@@ -66,12 +69,24 @@ pub enum ReplaceReason {
 #[derive(Debug)]
 pub struct Applier {
     nft: Nft,
+    elements: Option<SetElementWriter>,
     applied: Option<Ruleset>,
 }
 
 impl Applier {
     pub fn new(nft: Nft) -> Applier {
-        Applier { nft, applied: None }
+        Applier {
+            nft,
+            elements: None,
+            applied: None,
+        }
+    }
+
+    /// Sends changes that only add or delete set elements over nfnetlink (opened in the same
+    /// namespace as `nft` runs in) instead of through `nft`.
+    pub fn with_set_element_writer(mut self, writer: SetElementWriter) -> Applier {
+        self.elements = Some(writer);
+        self
     }
 
     /// The ruleset in force (as far as this applier knows).
@@ -93,6 +108,26 @@ impl Applier {
     /// Applies a change to the ruleset in force, in one transaction, sending only what the
     /// patch names. Before the first [`Applier::apply`] there is nothing to patch.
     pub async fn apply_patch(&mut self, patch: &Patch) -> Result<ApplyOutcome, ApplyError> {
+        let Some(old) = &self.applied else {
+            return Err(ApplyError::NothingApplied);
+        };
+        if let (Some(writer), Some(changes)) = (&mut self.elements, element_changes(old, patch)) {
+            if changes.is_empty() {
+                return Ok(ApplyOutcome::Unchanged);
+            }
+            match writer.apply(&changes) {
+                Ok(()) => {
+                    if let Some(applied) = &mut self.applied {
+                        applied.apply_patch(patch);
+                    }
+                    return Ok(ApplyOutcome::Elements {
+                        messages: changes.len(),
+                    });
+                }
+                // Fall back to nft, which reports in detail.
+                Err(e) => tracing::warn!(error = %e, "set element update over nfnetlink failed"),
+            }
+        }
         let Some(old) = &self.applied else {
             return Err(ApplyError::NothingApplied);
         };
@@ -170,6 +205,36 @@ impl Applier {
             }
         }
     }
+}
+
+/// The nfnetlink messages for `patch` if it only changes elements of existing sets.
+fn element_changes(old: &Ruleset, patch: &Patch) -> Option<Vec<ElementChange>> {
+    if !patch.chains.is_empty() || !patch.maps.is_empty() {
+        return None;
+    }
+    let mut changes = Vec::new();
+    for (name, new) in &patch.sets {
+        let (Some(new), Some(prev)) = (new, old.sets.get(name)) else {
+            return None;
+        };
+        if new.v6 != prev.v6 {
+            return None;
+        }
+        for (op, elements) in [
+            (ElementOp::Delete, prev.elements.difference(&new.elements)),
+            (ElementOp::Add, new.elements.difference(&prev.elements)),
+        ] {
+            let elements: Vec<_> = elements.copied().collect();
+            if !elements.is_empty() {
+                changes.push(ElementChange {
+                    op,
+                    set: name.clone(),
+                    elements,
+                });
+            }
+        }
+    }
+    Some(changes)
 }
 
 /// What the drift check compares: chains with their rule counts, sets and maps with their

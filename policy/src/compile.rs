@@ -22,7 +22,7 @@ use crate::names::{
     spoof_chain,
 };
 use crate::rule::{self, MARK_ACCEPT, MARK_PASS, RuleProblem};
-use crate::ruleset::{AddressSet, Chain, ChainKind, Ruleset, VerdictMap};
+use crate::ruleset::{AddressSet, Chain, ChainKind, Patch, Ruleset, VerdictMap};
 
 /// Settings that make a safe ruleset impossible.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -155,6 +155,118 @@ pub fn compile(model: &PolicyModel) -> Result<Compiled, CompileError> {
     })
 }
 
+/// One policy's chain for one direction, and the selectors (with IP version) it uses.
+/// Invalid rules are reported into `problems`.
+fn compile_policy(
+    policy_id: &str,
+    dir: Direction,
+    rules: &[Rule],
+    problems: &mut Vec<Problem>,
+) -> (Chain, BTreeSet<(String, bool)>) {
+    let name = policy_chain(policy_id, dir);
+    let mut lines = Vec::new();
+    let mut sets = BTreeSet::new();
+    for (index, rule) in rules.iter().enumerate() {
+        let log_prefix = format!("skog {name} {index}: ");
+        match rule::render(rule, &log_prefix) {
+            Ok(r) => {
+                lines.extend(r.lines);
+                sets.extend(r.sets);
+            }
+            Err(problem) => {
+                if matches!(rule.action, Action::Deny | Action::Pass) {
+                    lines.push("drop".to_owned());
+                }
+                problems.push(Problem::Rule {
+                    policy: policy_id.to_owned(),
+                    direction: dir,
+                    index,
+                    problem,
+                });
+            }
+        }
+    }
+    let chain = Chain {
+        kind: ChainKind::Policy,
+        hook: None,
+        note: Some(format!("policy {} {dir}", comment_safe(policy_id))),
+        rules: lines,
+    };
+    (chain, sets)
+}
+
+/// The set of a selector's members of one IP version.
+fn selector_members(model: &PolicyModel, selector: &str, v6: bool) -> AddressSet {
+    let members = model.selectors.get(selector).into_iter().flatten();
+    let note = Some(format!("selector {}", comment_safe(selector)));
+    AddressSet::from_members(v6, note, members)
+}
+
+/// The patch for a change of `selector`'s membership in `model`, over the ruleset in force:
+/// element changes of its sets, if this node uses it. Equal to what a full [`compile`] of
+/// `model` would change.
+pub fn selector_patch(model: &PolicyModel, selector: &str, current: &Ruleset) -> Patch {
+    let mut patch = Patch::default();
+    for v6 in [false, true] {
+        let name = selector_set(selector, v6);
+        if let Some(old) = current.sets.get(&name) {
+            let new = selector_members(model, selector, v6);
+            if *old != new {
+                patch.sets.insert(name, Some(new));
+            }
+        }
+    }
+    patch
+}
+
+/// The patch for a change of policy `policy_id`'s rules in `model`, over the ruleset in
+/// force: its chains rewritten, sets it newly uses added. `None` when the change reaches
+/// further (the policy stopped or started applying in a direction on this node, or is gone):
+/// compile the whole model then. Sets no longer used stay until the next full compile.
+pub fn policy_patch(
+    model: &PolicyModel,
+    policy_id: &str,
+    current: &Ruleset,
+) -> Option<(Patch, Vec<Problem>)> {
+    let policy = model.policies.get(policy_id)?;
+    let mut patch = Patch::default();
+    let mut problems = Vec::new();
+    for dir in [Direction::Ingress, Direction::Egress] {
+        let name = policy_chain(policy_id, dir);
+        let rules = match dir {
+            Direction::Ingress => &policy.ingress,
+            Direction::Egress => &policy.egress,
+        };
+        match (current.chains.get(&name), rules) {
+            (Some(old), Some(rules)) => {
+                let (chain, sets) = compile_policy(policy_id, dir, rules, &mut problems);
+                for (selector, v6) in sets {
+                    let set = selector_set(&selector, v6);
+                    if !current.sets.contains_key(&set) {
+                        let members = selector_members(model, &selector, v6);
+                        patch.sets.insert(set, Some(members));
+                    }
+                }
+                if *old != chain {
+                    patch.chains.insert(name, Some(chain));
+                }
+            }
+            (None, None) => {}
+            (Some(_), None) => return None,
+            (None, Some(_)) => {
+                let used_here = model
+                    .endpoints
+                    .values()
+                    .any(|ep| ep.tiers.iter().flatten().any(|p| p == policy_id));
+                if used_here {
+                    return None;
+                }
+            }
+        }
+    }
+    Some((patch, problems))
+}
+
 struct Compiler<'m> {
     model: &'m PolicyModel,
     out: Ruleset,
@@ -172,36 +284,21 @@ impl Compiler<'_> {
         format!("\"{}*\"", self.settings().interface_prefix)
     }
 
-    /// The anti-spoofing verdict for an endpoint: a chain letting through its own sources, IPv6
-    /// link-local sources, DHCPv4 discovery from 0.0.0.0 and IPv6 DAD/MLD from ::.
+    /// The anti-spoofing verdict for an endpoint: a chain letting through its own sources
+    /// (the exceptions every VM shares are in `spoof-dispatch`).
     fn spoof_chain(&mut self, ep: &Endpoint) -> String {
-        let v4: Vec<String> = ep
-            .ip_networks
-            .iter()
-            .filter(|n| matches!(n, ipnet::IpNet::V4(_)))
-            .map(|n| n.trunc().to_string())
-            .collect();
-        let mut v6: Vec<String> = ep
-            .ip_networks
-            .iter()
-            .filter(|n| matches!(n, ipnet::IpNet::V6(_)))
-            .map(|n| n.trunc().to_string())
-            .collect();
-        v6.push("fe80::/10".to_owned());
         let mut rules = Vec::new();
-        if !v4.is_empty() {
-            rules.push(format!(
-                "ip saddr {} return",
-                crate::ruleset::elements_text(&v4)
-            ));
+        for (v6, family) in [(false, "ip"), (true, "ip6")] {
+            let nets: Vec<String> = ep
+                .ip_networks
+                .iter()
+                .filter(|n| matches!(n, ipnet::IpNet::V6(_)) == v6)
+                .map(|n| n.trunc().to_string())
+                .collect();
+            if !nets.is_empty() {
+                rules.push(format!("{family} saddr {} return", rule::one_or_set(&nets)));
+            }
         }
-        rules.push(format!(
-            "ip6 saddr {} return",
-            crate::ruleset::elements_text(&v6)
-        ));
-        rules.push("ip saddr 0.0.0.0 udp sport 68 udp dport 67 return".to_owned());
-        // Duplicate address detection and MLD before the VM has an address.
-        rules.push("ip6 saddr :: ip6 daddr ff02::/16 return".to_owned());
         rules.push("drop".to_owned());
         let name = spoof_chain(&ep.interface);
         self.out.chains.insert(
@@ -273,41 +370,13 @@ impl Compiler<'_> {
 
     /// Compiles a policy's rules for one direction once; returns its chain name.
     fn policy_chain(&mut self, policy_id: &str, dir: Direction, rules: &[Rule]) -> String {
-        let chain = policy_chain(policy_id, dir);
-        if !self.policies_done.insert((policy_id.to_owned(), dir)) {
-            return chain;
+        let name = policy_chain(policy_id, dir);
+        if self.policies_done.insert((policy_id.to_owned(), dir)) {
+            let (chain, sets) = compile_policy(policy_id, dir, rules, &mut self.problems);
+            self.selectors_used.extend(sets);
+            self.out.chains.insert(name.clone(), chain);
         }
-        let mut lines = Vec::new();
-        for (index, rule) in rules.iter().enumerate() {
-            let log_prefix = format!("skog {chain} {index}: ");
-            match rule::render(rule, &log_prefix) {
-                Ok(r) => {
-                    lines.extend(r.lines);
-                    self.selectors_used.extend(r.sets);
-                }
-                Err(problem) => {
-                    if matches!(rule.action, Action::Deny | Action::Pass) {
-                        lines.push("drop".to_owned());
-                    }
-                    self.problems.push(Problem::Rule {
-                        policy: policy_id.to_owned(),
-                        direction: dir,
-                        index,
-                        problem,
-                    });
-                }
-            }
-        }
-        self.out.chains.insert(
-            chain.clone(),
-            Chain {
-                kind: ChainKind::Policy,
-                hook: None,
-                note: Some(format!("policy {} {dir}", comment_safe(policy_id))),
-                rules: lines,
-            },
-        );
-        chain
+        name
     }
 
     fn floating_ips(
@@ -346,11 +415,9 @@ impl Compiler<'_> {
 
     fn add_sets(&mut self) {
         for (selector, v6) in std::mem::take(&mut self.selectors_used) {
-            let members = self.model.selectors.get(&selector).into_iter().flatten();
-            let note = Some(format!("selector {}", comment_safe(&selector)));
             self.out.sets.insert(
                 selector_set(&selector, v6),
-                AddressSet::from_members(v6, note, members),
+                selector_members(self.model, &selector, v6),
             );
         }
     }
@@ -455,18 +522,27 @@ impl Compiler<'_> {
         );
         // Endpoint chains are entered by `goto` from these, so their `return` (allowed) goes
         // back to the base chain, past the drop of unknown VM interfaces.
-        for (map_name, map, ifname) in [
-            ("spoof", spoof, "iifname"),
-            ("from-vm", from_vm, "iifname"),
-            ("to-vm", to_vm, "oifname"),
+        // Sources every VM may use: IPv6 link-local, DHCPv4 discovery, and DAD/MLD from ::.
+        let spoof_exceptions = [
+            "ip6 saddr fe80::/10 return",
+            "ip saddr 0.0.0.0 udp sport 68 udp dport 67 return",
+            "ip6 saddr :: ip6 daddr ff02::/16 return",
+        ];
+        for (map_name, map, ifname, exceptions) in [
+            ("spoof", spoof, "iifname", &spoof_exceptions[..]),
+            ("from-vm", from_vm, "iifname", &[]),
+            ("to-vm", to_vm, "oifname", &[]),
         ] {
+            let mut rules: Vec<String> = exceptions.iter().map(|r| r.to_string()).collect();
+            rules.push(format!("{ifname} vmap @{map_name}"));
+            rules.push("drop".to_owned());
             chains.insert(
                 format!("{map_name}-dispatch"),
                 Chain {
                     kind: ChainKind::Dispatch,
                     hook: None,
                     note: None,
-                    rules: vec![format!("{ifname} vmap @{map_name}"), "drop".to_owned()],
+                    rules,
                 },
             );
             self.out.maps.insert(map_name.to_owned(), map);

@@ -5,6 +5,7 @@
 //! - [`ruleset`]: the desired table content as data, and its full text.
 //! - [`diff`]: the nft script that turns one ruleset into another, sending only what changed.
 //! - [`nft`]: running `nft -f -` with a timeout, captured stderr, optionally in a namespace.
+//! - [`netlink`]: set element changes straight over nfnetlink (the fast path).
 //! - [`applier`]: keeps the kernel in step (adopt, incremental apply, drift repair).
 
 pub mod applier;
@@ -12,6 +13,7 @@ pub mod compile;
 pub mod diff;
 pub mod model;
 pub mod names;
+pub mod netlink;
 pub mod nft;
 pub mod rule;
 pub mod ruleset;

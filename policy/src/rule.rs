@@ -117,7 +117,7 @@ fn parse_port(s: &str) -> Result<String, RuleProblem> {
 }
 
 /// `x` or `{ x, y }`.
-fn one_or_set(items: &[String]) -> String {
+pub(crate) fn one_or_set(items: &[String]) -> String {
     match items {
         [one] => one.clone(),
         many => format!("{{ {} }}", many.join(", ")),

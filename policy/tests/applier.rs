@@ -234,3 +234,71 @@ async fn nft_calls_capture_stderr_and_are_bounded_in_time() {
         Err(NftError::Timeout(_))
     ));
 }
+
+#[tokio::test]
+async fn membership_changes_go_over_nfnetlink_and_mix_with_nft() {
+    let tb = bed("pol_nl");
+    let ns = ns(&tb);
+    let writer = ns
+        .enter(skog_policy::netlink::SetElementWriter::open)
+        .unwrap()
+        .unwrap();
+    let mut applier = Applier::new(nft_in(ns)).with_set_element_writer(writer);
+    let mut model = scenarios::openstack_basic();
+    applier
+        .apply(&compile(&model).unwrap().ruleset)
+        .await
+        .unwrap();
+    let sel = scenarios::sg_selector("default");
+    let set4 = selector_set(&sel, false);
+    let set6 = selector_set(&sel, true);
+    let members = model.selectors.get_mut(&sel).unwrap();
+    members.insert(scenarios::net("198.51.100.77/32"));
+    members.insert(scenarios::net("192.0.2.64/26"));
+    members.insert(scenarios::net("2001:db8:77::/64"));
+    members.remove(&scenarios::net("198.51.100.30/32"));
+    let patch = skog_policy::compile::selector_patch(&model, &sel, applier.applied().unwrap());
+    let out = applier.apply_patch(&patch).await.unwrap();
+    assert_eq!(out, ApplyOutcome::Elements { messages: 3 });
+    let listed4 = list(ns, &["set", "inet", "skog", &set4]);
+    assert!(listed4.contains("198.51.100.77"), "{listed4}");
+    assert!(listed4.contains("192.0.2.64/26"), "{listed4}");
+    assert!(!listed4.contains("198.51.100.30"), "{listed4}");
+    assert!(list(ns, &["set", "inet", "skog", &set6]).contains("2001:db8:77::/64"));
+    // The kernel's table reads back as the applier's record.
+    assert_eq!(applier.refresh().await.unwrap(), ApplyOutcome::Unchanged);
+    // nft works on the same set afterwards (elements encoded as nft encodes them).
+    ns.run(&[
+        "nft",
+        &format!("delete element inet skog {set4} {{ 198.51.100.77 }}"),
+    ])
+    .unwrap();
+    ns.run(&[
+        "nft",
+        &format!("add element inet skog {set4} {{ 198.51.100.77 }}"),
+    ])
+    .unwrap();
+    // A change the kernel refuses (the set was deleted behind our back) falls back to nft,
+    // which repairs by replacing the table.
+    ns.run(&["nft", "flush table inet skog"]).unwrap();
+    ns.run(&["nft", &format!("delete set inet skog {set6}")])
+        .unwrap();
+    model
+        .selectors
+        .get_mut(&sel)
+        .unwrap()
+        .insert(scenarios::net("2001:db8:78::1/128"));
+    let patch = skog_policy::compile::selector_patch(&model, &sel, applier.applied().unwrap());
+    let out = applier.apply_patch(&patch).await.unwrap();
+    assert!(
+        matches!(
+            out,
+            ApplyOutcome::Replaced {
+                why: ReplaceReason::IncrementalFailed(_)
+            }
+        ),
+        "{out:?}"
+    );
+    assert!(list(ns, &["set", "inet", "skog", &set6]).contains("2001:db8:78::1"));
+    assert_eq!(applier.refresh().await.unwrap(), ApplyOutcome::Unchanged);
+}

@@ -88,3 +88,91 @@ fn a_new_endpoint_gets_chains_before_its_map_entries() {
         .unwrap();
     assert!(add_chain < fill && fill < map, "{s}");
 }
+
+/// A targeted patch over the old ruleset gives what a full compile of the new model gives.
+fn assert_patch_equals_full_compile(
+    old: &skog_policy::PolicyModel,
+    new: &skog_policy::PolicyModel,
+    patch: &skog_policy::ruleset::Patch,
+) {
+    let mut patched = compile(old).unwrap().ruleset;
+    patched.apply_patch(patch);
+    assert_eq!(patched, compile(new).unwrap().ruleset);
+}
+
+#[test]
+fn a_selector_patch_equals_a_full_compile() {
+    let old = scenarios::openstack_basic();
+    let mut new = old.clone();
+    let sel = scenarios::sg_selector("default");
+    new.selectors
+        .get_mut(&sel)
+        .unwrap()
+        .insert(scenarios::net("2001:db8:100::99/128"));
+    let current = compile(&old).unwrap().ruleset;
+    let patch = skog_policy::compile::selector_patch(&new, &sel, &current);
+    assert_eq!(patch.sets.len(), 1, "only the IPv6 set changed");
+    assert_patch_equals_full_compile(&old, &new, &patch);
+    // A selector this node does not use changes nothing.
+    let unused = skog_policy::compile::selector_patch(&new, "has(other)", &current);
+    assert!(unused.is_empty());
+}
+
+#[test]
+fn a_policy_patch_equals_a_full_compile() {
+    let old = scenarios::openstack_basic();
+    let current = compile(&old).unwrap().ruleset;
+    let web = scenarios::sg_policy_id("web");
+
+    // A port changes.
+    let mut new = old.clone();
+    new.policies
+        .get_mut(&web)
+        .unwrap()
+        .ingress
+        .as_mut()
+        .unwrap()[1]
+        .destination
+        .ports = vec!["8080".into()];
+    let (patch, problems) = skog_policy::compile::policy_patch(&new, &web, &current).unwrap();
+    assert!(problems.is_empty());
+    assert_eq!(patch.chains.len(), 1);
+    assert_patch_equals_full_compile(&old, &new, &patch);
+
+    // A rule starts using a selector no rule used: its sets come with the patch.
+    let mut new = old.clone();
+    let mut rule = scenarios::allow(Some("UDP"), &["53"]);
+    rule.source.selector = Some(scenarios::sg_selector("dns"));
+    new.policies
+        .get_mut(&web)
+        .unwrap()
+        .ingress
+        .as_mut()
+        .unwrap()
+        .push(rule);
+    new.selectors.insert(
+        scenarios::sg_selector("dns"),
+        [scenarios::net("192.0.2.53/32")].into(),
+    );
+    let (patch, _) = skog_policy::compile::policy_patch(&new, &web, &current).unwrap();
+    assert_eq!(patch.sets.len(), 2);
+    assert_patch_equals_full_compile(&old, &new, &patch);
+
+    // An invalid rule is reported by the patch too.
+    let mut new = old.clone();
+    new.policies
+        .get_mut(&web)
+        .unwrap()
+        .ingress
+        .as_mut()
+        .unwrap()[0]
+        .destination
+        .ports = vec!["90:80".into()];
+    let (_, problems) = skog_policy::compile::policy_patch(&new, &web, &current).unwrap();
+    assert_eq!(problems.len(), 1);
+
+    // The policy stops applying to ingress: endpoint chains change, so no patch.
+    let mut new = old.clone();
+    new.policies.get_mut(&web).unwrap().ingress = None;
+    assert!(skog_policy::compile::policy_patch(&new, &web, &current).is_none());
+}

@@ -12,7 +12,8 @@ use ipnet::IpNet;
 use skog_policy::model::{
     Action, Endpoint, Icmp, IpNat, Policy, PolicyModel, Protocol as Proto, Rule,
 };
-use skog_policy::{Applier, Nft, compile};
+use skog_policy::netlink::SetElementWriter;
+use skog_policy::{Applier, ApplyOutcome, Nft, compile};
 use skog_testbed::{
     EchoServer, HvId, ProbeOutcome, Protocol, Testbed, TorDaemon, TorId, VmId, VmSpec, wait_until,
 };
@@ -146,29 +147,33 @@ struct Dataplane {
 }
 
 impl Dataplane {
+    /// Appliers running nft in each hypervisor's namespace, with an nfnetlink socket opened
+    /// there for set element changes.
     fn new(tb: &Testbed, hvs: &[HvId]) -> Dataplane {
-        Dataplane {
-            appliers: hvs
-                .iter()
-                .map(|&hv| {
-                    (
-                        hv,
-                        Applier::new(Nft::new().in_netns(tb.hv(hv).unwrap().ns().name())),
-                    )
-                })
-                .collect(),
-        }
+        let appliers = hvs
+            .iter()
+            .map(|&hv| {
+                let ns = tb.hv(hv).unwrap().ns();
+                let writer = ns.enter(SetElementWriter::open).unwrap().unwrap();
+                let applier =
+                    Applier::new(Nft::new().in_netns(ns.name())).with_set_element_writer(writer);
+                (hv, applier)
+            })
+            .collect();
+        Dataplane { appliers }
     }
 
-    /// Compiles and applies the cloud on every hypervisor; returns the compiler's problems.
-    async fn apply(&mut self, tb: &Testbed, cloud: &Cloud) -> Vec<String> {
+    /// Compiles and applies the cloud on every hypervisor; returns the compiler's problems
+    /// and what each apply did.
+    async fn apply(&mut self, tb: &Testbed, cloud: &Cloud) -> (Vec<String>, Vec<ApplyOutcome>) {
         let mut problems = BTreeSet::new();
+        let mut outcomes = Vec::new();
         for (hv, applier) in &mut self.appliers {
             let compiled = compile(&cloud.model(tb, *hv)).unwrap();
             problems.extend(compiled.problems.iter().map(ToString::to_string));
-            applier.apply(&compiled.ruleset).await.unwrap();
+            outcomes.push(applier.apply(&compiled.ruleset).await.unwrap());
         }
-        problems.into_iter().collect()
+        (problems.into_iter().collect(), outcomes)
     }
 }
 
@@ -309,7 +314,7 @@ async fn security_groups_filter_real_packets_across_two_hypervisors() {
         ],
     };
     let mut dp = Dataplane::new(&tb, &[HvId(0), HvId(1)]);
-    let problems = dp.apply(&tb, &cloud).await;
+    let (problems, _) = dp.apply(&tb, &cloud).await;
     assert_eq!(problems.len(), 2, "{problems:#?}");
     assert!(
         problems[0].contains("ossg.default.web")
@@ -380,7 +385,12 @@ async fn security_groups_filter_real_packets_across_two_hypervisors() {
 
     // client joins "default" (a change on hv2); db on hv1 follows through its set.
     cloud.ports[3].sgs.push("default");
-    dp.apply(&tb, &cloud).await;
+    let (_, outcomes) = dp.apply(&tb, &cloud).await;
+    // hv1 only sees new members of the "default" sets: an nfnetlink element update.
+    assert!(
+        matches!(outcomes[0], ApplyOutcome::Elements { .. }),
+        "{outcomes:?}"
+    );
     for v6 in [false, true] {
         assert!(
             probe(&tb, client, db, Protocol::Tcp, 8080, v6).is_allowed(),
