@@ -46,6 +46,17 @@ fn caps() -> Capabilities {
     }
 }
 
+/// The OPEN of the peer the frames come from.
+fn peer_open() -> Open {
+    Open {
+        version: 4,
+        asn: 65001,
+        hold_time: 90,
+        router_id: Ipv4Addr::new(192, 0, 2, 200),
+        capabilities: caps(),
+    }
+}
+
 fn seeds() -> Vec<Vec<u8>> {
     let v4: Vec<IpNet> = (0..40u32)
         .map(|i| IpNet::from(IpAddr::V4(Ipv4Addr::from(0xc633_6400 + i))))
@@ -68,13 +79,7 @@ fn seeds() -> Vec<Vec<u8>> {
         },
         ..attrs.clone()
     };
-    let open = Open {
-        version: 4,
-        asn: 65001,
-        hold_time: 90,
-        router_id: Ipv4Addr::new(192, 0, 2, 200),
-        capabilities: caps(),
-    };
+    let open = peer_open();
     let mut s = vec![
         open.encode().unwrap(),
         codec::keepalive(),
@@ -161,13 +166,7 @@ fn fsm_in(state: State) -> Fsm {
     fsm.handle(Event::ManualStart);
     fsm.handle(Event::TcpConnected);
     if state == State::Established {
-        let open = Open {
-            version: 4,
-            asn: 65001,
-            hold_time: 90,
-            router_id: Ipv4Addr::new(192, 0, 2, 200),
-            capabilities: caps(),
-        };
+        let open = peer_open();
         fsm.handle(Event::Message(codec::Message::Open(open)));
         fsm.handle(Event::Message(codec::Message::Keepalive));
     }
