@@ -49,6 +49,10 @@ pub struct Config {
     /// the host name.
     #[serde(default)]
     pub node_name: Option<String>,
+    /// OpenStack region, when networking-calico is configured with one (its resources then
+    /// live in namespace `openstack-region-<region>`).
+    #[serde(default)]
+    pub region: Option<String>,
     /// Log level or filter (`info`, `skog_bgp=debug`); `SKOG_LOG` overrides it.
     #[serde(default)]
     pub log_level: Option<String>,

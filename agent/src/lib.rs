@@ -3,6 +3,7 @@
 pub mod api;
 pub mod config;
 pub mod ctl;
+pub mod daemon;
 pub mod dataplane;
 pub mod datastore;
 pub mod logging;

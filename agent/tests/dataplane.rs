@@ -527,3 +527,45 @@ fn the_periodic_resync_repairs_drift_no_event_reports() {
     .unwrap();
     assert!(p.snapshot().resyncs >= 1);
 }
+
+#[test]
+fn learned_routes_of_a_previous_run_stay_until_bgp_has_converged() {
+    let mut tb = Testbed::new("dp_learned_gr").unwrap();
+    let hv = tb.add_hypervisor("hv1", 65001).unwrap();
+    let tor = tb.add_tor("tor1", TorDaemon::Bird, 65100).unwrap();
+    let up = tb.link(hv, tor).unwrap();
+    let ns = tb.hv(hv).unwrap().ns();
+    let prefix: IpNet = "203.0.113.0/25".parse().unwrap();
+    let present = || {
+        ns.kernel_routes(false)
+            .unwrap()
+            .iter()
+            .any(|r| r.dst == prefix)
+    };
+    let first = InNamespace::start(ns, DataplaneConfig::default());
+    block_on(first.handle.set_learned_route(LearnedRoute {
+        prefix,
+        next_hops: vec![LearnedNextHop {
+            gateway: up.tor_v4.into(),
+            interface: None,
+        }],
+    }))
+    .unwrap();
+    first.complete();
+    assert_eq!(first.snapshot().learned_routes, 1);
+    assert!(present());
+    first.stop();
+
+    // The restarted agent has its endpoints (none) but BGP has not re-learned the route yet.
+    let second = InNamespace::start(ns, DataplaneConfig::default());
+    block_on(second.handle.desired_complete()).unwrap();
+    let snap = second.snapshot();
+    assert_eq!(snap.kernel_writes, 0, "{snap:?}");
+    assert!(present(), "a learned route went before BGP converged");
+    block_on(second.handle.learned_complete()).unwrap();
+    second.snapshot();
+    assert!(
+        !present(),
+        "the stale learned route stayed after BGP converged"
+    );
+}

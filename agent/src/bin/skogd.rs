@@ -1,11 +1,12 @@
-//! skogd, the per-node agent. `--check-config FILE` validates a configuration and exits 0, or 2
-//! with the reason.
+//! skogd, the per-node agent: `skogd --config FILE` runs it (see `skog_agent::daemon`);
+//! `--check-config FILE` validates a configuration and exits 0, or 2 with the reason.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use skog_agent::config::{self, Config};
+use skog_agent::daemon::{self, Exit};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,10 +37,36 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Err(e) = Config::load(&args.config) {
-        eprintln!("skogd: invalid configuration: {e}");
+    let config = match Config::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("skogd: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = skog_agent::logging::init(config.log_level.as_deref()) {
+        eprintln!("skogd: {e}");
         return ExitCode::from(2);
     }
-    eprintln!("skogd: the daemon is not wired end to end yet (only --check-config works)");
-    ExitCode::FAILURE
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("skogd")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("skogd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(daemon::run(config, args.config)) {
+        Ok(Exit::Stop) => ExitCode::SUCCESS,
+        Ok(Exit::Failed) => ExitCode::FAILURE,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            eprintln!("skogd: cannot start: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -20,5 +20,5 @@ pub mod types;
 pub use programmer::{Programmer, ProgrammerError, ProgrammerHandle};
 pub use types::{
     DataplaneConfig, DesiredEndpoint, EndpointStatus, LearnedNextHop, LearnedRoute, MacAddr,
-    RouteEvent, Snapshot, TapState,
+    ProgrammedRoute, RouteEvent, Snapshot, TapState,
 };

@@ -13,12 +13,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::desired::{self, Desired, Owner};
-use super::kernel::KernelView;
+use super::kernel::{KernelView, RouteTarget};
 use super::messages::{self, Message};
 use super::netlink::{self, Events, Netlink, NetlinkError};
-use super::reconcile::{self, Op, Ownership};
+use super::reconcile::{self, Complete, Op, Ownership};
 use super::types::{
-    DataplaneConfig, DesiredEndpoint, EndpointStatus, LearnedRoute, RouteEvent, Snapshot,
+    DataplaneConfig, DesiredEndpoint, EndpointStatus, LearnedRoute, ProgrammedRoute, RouteEvent,
+    Snapshot,
 };
 
 /// Commands queued before the task applies back-pressure.
@@ -41,8 +42,10 @@ enum Command {
     SetLearned(LearnedRoute),
     RemoveLearned(IpNet),
     DesiredComplete,
+    LearnedComplete,
     Resync(oneshot::Sender<()>),
     Snapshot(oneshot::Sender<Snapshot>),
+    Routes(oneshot::Sender<Vec<ProgrammedRoute>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -102,11 +105,18 @@ impl ProgrammerHandle {
         self.send(Command::RemoveLearned(prefix)).await
     }
 
-    /// Says the desired state is complete (the datastore's initial load is done): from now on,
-    /// objects of ours that are not desired are deleted. Until then nothing is deleted, so a
-    /// restart keeps the dataplane as it was.
+    /// Says the desired endpoints are complete (the datastore's initial load is done): from
+    /// now on, endpoint routes and neighbour entries of ours that are not desired are deleted.
+    /// Until then nothing is deleted, so a restart keeps the dataplane as it was.
     pub async fn desired_complete(&self) -> Result<(), ProgrammerError> {
         self.send(Command::DesiredComplete).await
+    }
+
+    /// Says the learned routes are complete (BGP has converged after start, or there is no
+    /// BGP): from now on, learned routes of ours that are not desired are deleted. Until then
+    /// the routes a previous run installed keep forwarding (graceful restart).
+    pub async fn learned_complete(&self) -> Result<(), ProgrammerError> {
+        self.send(Command::LearnedComplete).await
     }
 
     /// Re-reads the kernel and repairs any drift; returns when done.
@@ -117,6 +127,11 @@ impl ProgrammerHandle {
     /// The state after every command sent before has been applied.
     pub async fn snapshot(&self) -> Result<Snapshot, ProgrammerError> {
         self.ask(Command::Snapshot).await
+    }
+
+    /// Our routes as the kernel has them, after every command sent before has been applied.
+    pub async fn routes(&self) -> Result<Vec<ProgrammedRoute>, ProgrammerError> {
+        self.ask(Command::Routes).await
     }
 
     /// Stops the task, leaving the kernel as it is.
@@ -158,7 +173,7 @@ impl Programmer {
             learned: BTreeMap::new(),
             view,
             desired: Desired::default(),
-            complete: false,
+            complete: Complete::default(),
             sysctls_done: HashSet::new(),
             apply_errors: BTreeMap::new(),
             announced: BTreeSet::new(),
@@ -183,6 +198,7 @@ struct Stats {
 enum Reply {
     Resync(oneshot::Sender<()>),
     Snapshot(oneshot::Sender<Snapshot>),
+    Routes(oneshot::Sender<Vec<ProgrammedRoute>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -198,7 +214,7 @@ struct Task {
     learned: BTreeMap<IpNet, LearnedRoute>,
     view: KernelView,
     desired: Desired,
-    complete: bool,
+    complete: Complete,
     /// Interfaces (by index) whose sysctls are written; cleared by a resync to re-assert them.
     sysctls_done: HashSet<u32>,
     /// The last reconcile's failures, by owner.
@@ -278,7 +294,11 @@ impl Task {
                 self.dirty |= self.learned.remove(&prefix).is_some();
             }
             Command::DesiredComplete => {
-                self.complete = true;
+                self.complete.endpoints = true;
+                self.dirty = true;
+            }
+            Command::LearnedComplete => {
+                self.complete.learned = true;
                 self.dirty = true;
             }
             Command::Resync(reply) => {
@@ -286,6 +306,7 @@ impl Task {
                 self.replies.push(Reply::Resync(reply));
             }
             Command::Snapshot(reply) => self.replies.push(Reply::Snapshot(reply)),
+            Command::Routes(reply) => self.replies.push(Reply::Routes(reply)),
             Command::Shutdown(reply) => self.replies.push(Reply::Shutdown(reply)),
         }
     }
@@ -466,6 +487,9 @@ impl Task {
                 Reply::Snapshot(tx) => {
                     let _ = tx.send(self.snapshot());
                 }
+                Reply::Routes(tx) => {
+                    let _ = tx.send(self.routes());
+                }
                 Reply::Shutdown(tx) => {
                     let _ = tx.send(());
                     stop = true;
@@ -473,6 +497,36 @@ impl Task {
             }
         }
         stop
+    }
+
+    fn routes(&self) -> Vec<ProgrammedRoute> {
+        let name = |ifindex: u32| {
+            self.view
+                .links
+                .get(&ifindex)
+                .map_or_else(|| format!("if{ifindex}"), |l| l.name.clone())
+        };
+        let mut routes: Vec<ProgrammedRoute> = self
+            .view
+            .routes
+            .iter()
+            .map(|(key, route)| ProgrammedRoute {
+                prefix: key.dst,
+                next_hops: match &route.target {
+                    RouteTarget::Device(ifindex) => vec![format!("dev {}", name(*ifindex))],
+                    RouteTarget::Gateways(hops) => hops
+                        .iter()
+                        .map(|h| match h.ifindex {
+                            Some(i) => format!("via {} dev {}", h.gateway, name(i)),
+                            None => format!("via {}", h.gateway),
+                        })
+                        .collect(),
+                },
+                learned: route.protocol == self.cfg.learned_protocol,
+            })
+            .collect();
+        routes.sort_by_key(|r| (r.learned, r.prefix));
+        routes
     }
 
     fn snapshot(&self) -> Snapshot {

@@ -4,7 +4,8 @@
 //!   rewritten);
 //! - only routes with one of our protocol numbers, and only neighbour entries carrying our
 //!   protocol, are ever deleted;
-//! - until the desired state is known to be complete (start-up), nothing is deleted.
+//! - until the desired state is known to be complete (start-up), nothing is deleted: endpoint
+//!   objects once the datastore's initial load is in, learned routes once BGP has converged.
 
 use std::collections::BTreeSet;
 
@@ -29,36 +30,51 @@ pub enum Op {
 /// Which route protocols and neighbour protocol are ours.
 #[derive(Debug, Clone, Copy)]
 pub struct Ownership {
-    /// Route protocols we own.
+    /// Route protocols we own: endpoint routes, learned routes.
     pub route_protocols: [u8; 2],
     /// The protocol our neighbour entries carry.
     pub neigh_protocol: u8,
 }
 
-/// Operations that turn `actual` into `desired`, deletes first. With `deletes` false (the
-/// desired state is not complete yet) only creations and replacements are planned.
-pub fn plan(desired: &Desired, actual: &KernelView, own: Ownership, deletes: bool) -> Vec<Op> {
+/// Which parts of the desired state are complete, so that what they do not name may go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Complete {
+    /// Endpoints (routes and neighbour entries): the datastore's initial load is in.
+    pub endpoints: bool,
+    /// Learned routes: BGP has converged (every peer sent End-of-RIB, or the wait timed out).
+    pub learned: bool,
+}
+
+/// Operations that turn `actual` into `desired`, deletes first. Objects of ours that are not
+/// desired are deleted only when their part of the desired state is [`Complete`]; before that
+/// only creations and replacements are planned.
+pub fn plan(desired: &Desired, actual: &KernelView, own: Ownership, complete: Complete) -> Vec<Op> {
+    let [endpoint_protocol, learned_protocol] = own.route_protocols;
+    let deletable = |protocol: u8| {
+        (complete.endpoints && protocol == endpoint_protocol)
+            || (complete.learned && protocol == learned_protocol)
+    };
     let mut ops = Vec::new();
-    if deletes {
-        let mut stray: Vec<_> = actual
-            .routes
-            .iter()
-            .filter(|(k, r)| {
-                own.route_protocols.contains(&r.protocol) && !desired.routes.contains_key(k)
-            })
-            .map(|(k, r)| Op::DeleteRoute(*k, r.clone()))
-            .collect();
-        let mut stray_neighs: Vec<_> = actual
-            .neighs
-            .iter()
-            .filter(|(k, n)| n.protocol == own.neigh_protocol && !desired.neighs.contains_key(k))
-            .map(|(k, _)| Op::DeleteNeigh(*k))
-            .collect();
-        stray.sort_by_key(op_sort_key);
-        stray_neighs.sort_by_key(op_sort_key);
-        ops.extend(stray);
-        ops.extend(stray_neighs);
-    }
+    let mut stray: Vec<_> = actual
+        .routes
+        .iter()
+        .filter(|(k, r)| deletable(r.protocol) && !desired.routes.contains_key(k))
+        .map(|(k, r)| Op::DeleteRoute(*k, r.clone()))
+        .collect();
+    let mut stray_neighs: Vec<_> = actual
+        .neighs
+        .iter()
+        .filter(|(k, n)| {
+            complete.endpoints
+                && n.protocol == own.neigh_protocol
+                && !desired.neighs.contains_key(k)
+        })
+        .map(|(k, _)| Op::DeleteNeigh(*k))
+        .collect();
+    stray.sort_by_key(op_sort_key);
+    stray_neighs.sort_by_key(op_sort_key);
+    ops.extend(stray);
+    ops.extend(stray_neighs);
     let mut writes: Vec<_> = desired
         .routes
         .iter()
@@ -149,6 +165,10 @@ mod tests {
         route_protocols: [83, 84],
         neigh_protocol: 83,
     };
+    const ALL: Complete = Complete {
+        endpoints: true,
+        learned: true,
+    };
 
     fn key(dst: &str, metric: u32) -> RouteKey {
         RouteKey {
@@ -193,7 +213,7 @@ mod tests {
         desired
             .neighs
             .insert(arp(5, "198.51.100.10"), (perm(83), endpoint("a")));
-        let ops = plan(&desired, &KernelView::default(), OWN, true);
+        let ops = plan(&desired, &KernelView::default(), OWN, ALL);
         assert_eq!(
             ops,
             [
@@ -217,7 +237,7 @@ mod tests {
             .routes
             .insert(key("198.51.100.10/32", 1024), dev(83, 5));
         actual.neighs.insert(arp(5, "198.51.100.10"), perm(83));
-        assert!(plan(&desired, &actual, OWN, true).is_empty());
+        assert!(plan(&desired, &actual, OWN, ALL).is_empty());
         assert_eq!(announceable(&desired, &actual).len(), 1);
     }
 
@@ -256,7 +276,7 @@ mod tests {
         );
         actual.neighs.insert(arp(6, "198.51.100.99"), perm(83));
         actual.neighs.insert(arp(6, "198.51.100.98"), perm(0));
-        let ops = plan(&desired, &actual, OWN, true);
+        let ops = plan(&desired, &actual, OWN, ALL);
         assert_eq!(
             ops,
             [
@@ -269,13 +289,24 @@ mod tests {
             ]
         );
         // Before the desired state is complete nothing is deleted.
-        let adds_only = plan(&desired, &actual, OWN, false);
+        let adds_only = plan(&desired, &actual, OWN, Complete::default());
         assert!(
             adds_only
                 .iter()
                 .all(|op| matches!(op, Op::ReplaceRoute(..) | Op::ReplaceNeigh(..)))
         );
         assert_eq!(adds_only.len(), 3);
+        // Endpoints complete, BGP not converged yet: the stray learned route stays.
+        let endpoints_only = Complete {
+            endpoints: true,
+            learned: false,
+        };
+        let ops = plan(&desired, &actual, OWN, endpoints_only);
+        assert!(ops.contains(&Op::DeleteRoute(key("198.51.100.10/32", 100), dev(83, 5))));
+        assert!(
+            !ops.iter()
+                .any(|op| matches!(op, Op::DeleteRoute(_, r) if r.protocol == 84))
+        );
     }
 
     #[test]
@@ -299,10 +330,10 @@ mod tests {
             .insert(k, (one.clone(), Owner::Learned(k.dst)));
         let mut actual = KernelView::default();
         actual.routes.insert(k, two);
-        let ops = plan(&desired, &actual, OWN, true);
+        let ops = plan(&desired, &actual, OWN, ALL);
         assert_eq!(ops, [Op::ReplaceRoute(k, one.clone())]);
         record(&mut actual, &ops[0]);
-        assert!(plan(&desired, &actual, OWN, true).is_empty());
+        assert!(plan(&desired, &actual, OWN, ALL).is_empty());
         // Learned routes are not announced as local endpoint routes.
         assert!(announceable(&desired, &actual).is_empty());
     }

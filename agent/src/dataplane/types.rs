@@ -150,6 +150,17 @@ pub struct EndpointStatus {
     pub errors: Vec<String>,
 }
 
+/// A route of ours as the kernel has it (`skogctl routes --kernel`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgrammedRoute {
+    /// Destination.
+    pub prefix: IpNet,
+    /// Where it goes: `dev tap…` or `via 192.0.2.0 dev up-tor1`, one per next hop.
+    pub next_hops: Vec<String>,
+    /// Whether it is a learned (BGP) route rather than an endpoint route.
+    pub learned: bool,
+}
+
 /// A point-in-time view of the programmer, for the CLI and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {

@@ -48,8 +48,10 @@ impl InNamespace {
         block_on(self.handle.set_endpoint(ep)).unwrap();
     }
 
+    /// Both parts of the desired state complete: endpoints and learned routes.
     pub fn complete(&self) {
         block_on(self.handle.desired_complete()).unwrap();
+        block_on(self.handle.learned_complete()).unwrap();
     }
 
     pub fn snapshot(&self) -> Snapshot {

@@ -1,0 +1,824 @@
+//! The core task: the one place the pieces meet. It takes the model's events and hands them
+//! to the route programmer and the policy task, passes the programmer's announce/withdraw
+//! events to the BGP speaker and the speaker's learned routes to the programmer, answers the
+//! local API, reports endpoint status to the datastore and keeps the metrics current.
+//!
+//! It owns the daemon-level state: the local endpoints as the datastore describes them, what
+//! is announced, the configured peers, and the start-up milestones (in sync, reconciled,
+//! BGP started, ready).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use skog_bgp::{PeerConfig, SpeakerHandle};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use super::convert;
+use super::peers;
+use super::policy::{PolicyChange, PolicyHandle};
+use crate::api::ApiRequest;
+use crate::api::types::{
+    DatastoreStatus, EndpointCounts, EndpointStatus, PeerCounts, PeerStatus, Rejected, RouteEntry,
+    RouteFilter, Status,
+};
+use crate::dataplane::{self, LearnedNextHop, LearnedRoute, ProgrammerHandle, TapState};
+use crate::datastore::status::{EndpointStatus as ReportedStatus, StatusUpdate};
+use crate::metrics::{Health, KindLabel, Metrics, PeerLabel, StateLabel};
+use crate::model::{EndpointId, LocalEndpoint, ModelEvent, ModelStatus};
+use crate::systemd::Notifier;
+
+/// A local endpoint as the core keeps it.
+#[derive(Debug, Clone)]
+struct Endpoint {
+    local: LocalEndpoint,
+    /// Why the programmer could not take it, if it could not.
+    problem: Option<String>,
+}
+
+/// Everything the core needs at start.
+#[derive(Debug)]
+pub struct CoreParts {
+    /// This node.
+    pub node_name: String,
+    /// `etcd` or `file`.
+    pub datastore_kind: &'static str,
+    /// The route programmer.
+    pub programmer: ProgrammerHandle,
+    /// The policy task.
+    pub policy: PolicyHandle,
+    /// Endpoint status write-back (etcd only).
+    pub status_updates: Option<mpsc::Sender<StatusUpdate>>,
+    /// The model's summary.
+    pub model_status: watch::Receiver<ModelStatus>,
+    /// Metrics to keep current.
+    pub metrics: Arc<Metrics>,
+    /// Liveness and readiness.
+    pub health: Arc<Health>,
+    /// systemd.
+    pub notifier: Notifier,
+    /// How BGP starts once the dataplane is reconciled (`None`: no BGP).
+    pub bgp: Option<BgpStart>,
+    /// Whether the previous run left routes in the kernel.
+    pub restarting: bool,
+}
+
+/// How to start the speaker.
+#[derive(Debug)]
+pub struct BgpStart {
+    /// `[bgp]` of the configuration.
+    pub config: crate::config::BgpConfig,
+}
+
+/// Why the core stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// SIGTERM or SIGINT.
+    Stop,
+    /// A piece the daemon cannot run without has ended.
+    Failed,
+}
+
+/// Inputs of the core loop other than channels it owns.
+#[derive(Debug)]
+pub struct CoreInputs {
+    /// Model events.
+    pub model: mpsc::Receiver<ModelEvent>,
+    /// Announce/withdraw from the route programmer.
+    pub dataplane: mpsc::UnboundedReceiver<dataplane::RouteEvent>,
+    /// Local API requests.
+    pub api: mpsc::Receiver<ApiRequest>,
+    /// Reload requests (SIGHUP), with the new configuration already validated.
+    pub reload: mpsc::Receiver<crate::config::Config>,
+    /// Stop requests (SIGTERM, SIGINT).
+    pub stop: mpsc::Receiver<()>,
+}
+
+/// The core's state.
+#[derive(Debug)]
+pub struct Core {
+    parts: CoreParts,
+    started: Instant,
+    endpoints: BTreeMap<String, Endpoint>,
+    announced: BTreeSet<IpNet>,
+    reported: HashMap<String, ReportedStatus>,
+    speaker: Option<SpeakerHandle>,
+    bgp_events: Option<mpsc::UnboundedReceiver<skog_bgp::RouteEvent>>,
+    peers: BTreeMap<String, PeerConfig>,
+    /// When learned routes of a previous run may go even if BGP has not said it converged.
+    learned_deadline: Option<tokio::time::Instant>,
+    /// Whether the speaker advertises graceful restart.
+    graceful_restart: bool,
+    in_sync: bool,
+    ready: bool,
+    status_dirty: bool,
+    last_route_writes: u64,
+}
+
+impl Core {
+    /// A core over `parts`.
+    pub fn new(parts: CoreParts) -> Core {
+        Core {
+            parts,
+            started: Instant::now(),
+            endpoints: BTreeMap::new(),
+            announced: BTreeSet::new(),
+            reported: HashMap::new(),
+            speaker: None,
+            bgp_events: None,
+            peers: BTreeMap::new(),
+            learned_deadline: None,
+            graceful_restart: false,
+            in_sync: false,
+            ready: false,
+            status_dirty: false,
+            last_route_writes: 0,
+        }
+    }
+
+    /// Runs until told to stop; then ends BGP gracefully and leaves routes and rules in place.
+    pub async fn run(mut self, mut inputs: CoreInputs) -> Exit {
+        let watchdog = crate::systemd::watchdog_interval()
+            .map(|i| i / 2)
+            .unwrap_or(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(watchdog.min(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut observe = tokio::time::interval(Duration::from_millis(250));
+        observe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let _ = self.parts.notifier.status("waiting for the datastore");
+        let exit = loop {
+            tokio::select! {
+                event = inputs.model.recv() => match event {
+                    Some(event) => {
+                        self.on_model_event(event).await;
+                        while let Ok(more) = inputs.model.try_recv() {
+                            self.on_model_event(more).await;
+                        }
+                    }
+                    None => {
+                        error!("the datastore model has stopped");
+                        break Exit::Failed;
+                    }
+                },
+                Some(event) = inputs.dataplane.recv() => self.on_dataplane_event(event),
+                Some(event) = recv_some(&mut self.bgp_events) => self.on_bgp_event(event).await,
+                Some(request) = inputs.api.recv() => self.on_api(request).await,
+                Some(config) = inputs.reload.recv() => self.reload(config).await,
+                _ = inputs.stop.recv() => break Exit::Stop,
+                _ = tick.tick() => {
+                    self.parts.health.tick();
+                    let _ = self.parts.notifier.watchdog();
+                    self.check_learned_deadline().await;
+                }
+                _ = observe.tick() => self.observe().await,
+            }
+        };
+        self.shut_down().await;
+        exit
+    }
+
+    async fn on_model_event(&mut self, event: ModelEvent) {
+        let policy = &self.parts.policy;
+        match event {
+            ModelEvent::EndpointUpdated(local) => {
+                let key = convert::endpoint_key(&local.endpoint);
+                let problem = match convert::desired_endpoint(&local.endpoint) {
+                    Ok(desired) => {
+                        self.program(self.parts.programmer.set_endpoint(desired).await);
+                        None
+                    }
+                    Err(problem) => {
+                        warn!("{problem}");
+                        self.program(self.parts.programmer.remove_endpoint(&key).await);
+                        Some(problem)
+                    }
+                };
+                policy.change(PolicyChange::Endpoint(
+                    key.clone(),
+                    Some(convert::policy_endpoint(&local)),
+                ));
+                self.endpoints.insert(key, Endpoint { local, problem });
+                self.status_dirty = true;
+            }
+            ModelEvent::EndpointRemoved(id) => {
+                let key = id.to_string();
+                self.program(self.parts.programmer.remove_endpoint(&key).await);
+                policy.change(PolicyChange::Endpoint(key.clone(), None));
+                self.endpoints.remove(&key);
+                self.report(&id, None).await;
+            }
+            ModelEvent::PolicyUpdated(p) => policy.change(PolicyChange::Policy(
+                convert::policy_key(&p.id),
+                Some(convert::policy(&p)),
+            )),
+            ModelEvent::PolicyRemoved(id) => {
+                policy.change(PolicyChange::Policy(convert::policy_key(&id), None));
+            }
+            ModelEvent::ProfileUpdated(p) => policy.change(PolicyChange::Policy(
+                convert::profile_key(&p.name),
+                Some(convert::profile(&p)),
+            )),
+            ModelEvent::ProfileRemoved(name) => {
+                policy.change(PolicyChange::Policy(convert::profile_key(&name), None));
+            }
+            ModelEvent::SelectorMembership { id, added, removed } => {
+                policy.change(PolicyChange::Selector {
+                    key: convert::selector_key(&id),
+                    added,
+                    removed,
+                });
+            }
+            ModelEvent::SelectorRemoved(id) => {
+                policy.change(PolicyChange::SelectorRemoved(convert::selector_key(&id)));
+            }
+            ModelEvent::InterfacePrefixes(prefixes) => {
+                if let Some(first) = prefixes.first() {
+                    if prefixes.len() > 1 {
+                        warn!(
+                            ?prefixes,
+                            "several interface prefixes configured; only {first:?} is filtered"
+                        );
+                    }
+                    policy.change(PolicyChange::InterfacePrefix(first.clone()));
+                }
+            }
+            ModelEvent::DatastoreReady(ready) => {
+                if !ready {
+                    warn!(
+                        "the datastore says it is not ready (ClusterInformation datastoreReady = false); dataplane changes are paused"
+                    );
+                }
+            }
+            ModelEvent::InSync => {
+                if !self.in_sync {
+                    self.in_sync = true;
+                    self.on_first_sync().await;
+                }
+            }
+        }
+    }
+
+    fn program(&self, result: Result<(), dataplane::ProgrammerError>) {
+        if let Err(e) = result {
+            error!(error = %e, "the route programmer is gone");
+        }
+    }
+
+    /// The datastore's first complete snapshot: let the programmer delete what is no longer
+    /// desired, apply the rules, start BGP with everything announceable, then say ready.
+    async fn on_first_sync(&mut self) {
+        info!(
+            endpoints = self.endpoints.len(),
+            "datastore in sync; reconciling"
+        );
+        let _ = self.parts.notifier.status("reconciling the dataplane");
+        self.parts.policy.change(PolicyChange::InSync);
+        self.program(self.parts.programmer.desired_complete().await);
+        // The snapshot is answered after everything above is applied.
+        if let Err(e) = self.parts.programmer.snapshot().await {
+            error!(error = %e, "the route programmer is gone");
+        }
+        let policy = self.parts.policy.flush().await.unwrap_or_default();
+        // Announce events of the reconcile are queued in the dataplane channel; the speaker
+        // starts with what is announceable now and gets later changes as events.
+        self.start_bgp().await;
+        self.ready = true;
+        self.parts.health.set_ready(true);
+        let status = self.status_line(&policy);
+        info!("ready: {status}");
+        if let Err(e) = self.parts.notifier.ready(&status) {
+            warn!(error = %e, "cannot notify systemd");
+        }
+    }
+
+    async fn start_bgp(&mut self) {
+        let Some(bgp) = self.parts.bgp.take() else {
+            self.program(self.parts.programmer.learned_complete().await);
+            return;
+        };
+        let export: Vec<IpNet> = self.announced.iter().copied().collect();
+        let cfg = peers::speaker_config(&bgp.config, self.parts.restarting, export);
+        // Learned routes a previous run left stay until the speaker converged, at most the
+        // restart time we advertise.
+        let wait = cfg.graceful_restart.map_or(Duration::ZERO, |gr| {
+            Duration::from_secs(gr.restart_time.into())
+        });
+        self.learned_deadline = Some(tokio::time::Instant::now() + wait);
+        self.graceful_restart = cfg.graceful_restart.is_some();
+        self.peers = peers::by_name(Some(&bgp.config));
+        match skog_bgp::Speaker::start(cfg).await {
+            Ok((handle, events)) => {
+                info!(peers = self.peers.len(), "BGP speaker started");
+                self.speaker = Some(handle);
+                self.bgp_events = Some(events);
+            }
+            Err(e) => {
+                error!(error = %e, "cannot start the BGP speaker; routes are not announced");
+                self.metrics_error("bgp");
+            }
+        }
+    }
+
+    async fn check_learned_deadline(&mut self) {
+        if self
+            .learned_deadline
+            .is_some_and(|d| tokio::time::Instant::now() >= d)
+        {
+            self.learned_deadline = None;
+            info!("BGP convergence wait is over; stale learned routes may go");
+            self.program(self.parts.programmer.learned_complete().await);
+        }
+    }
+
+    fn on_dataplane_event(&mut self, event: dataplane::RouteEvent) {
+        let (prefix, announce) = match event {
+            dataplane::RouteEvent::Announce(p) => (p, true),
+            dataplane::RouteEvent::Withdraw(p) => (p, false),
+        };
+        let changed = if announce {
+            self.announced.insert(prefix)
+        } else {
+            self.announced.remove(&prefix)
+        };
+        self.status_dirty = true;
+        if let (true, Some(speaker)) = (changed, &self.speaker) {
+            let result = if announce {
+                speaker.announce(vec![prefix])
+            } else {
+                speaker.withdraw(vec![prefix])
+            };
+            if let Err(e) = result {
+                error!(error = %e, "the BGP speaker is gone");
+            }
+        }
+    }
+
+    async fn on_bgp_event(&mut self, event: skog_bgp::RouteEvent) {
+        let programmer = &self.parts.programmer;
+        let result = match event {
+            skog_bgp::RouteEvent::Install { prefix, next_hops } => {
+                programmer
+                    .set_learned_route(LearnedRoute {
+                        prefix,
+                        next_hops: next_hops
+                            .into_iter()
+                            .map(|gateway| LearnedNextHop {
+                                gateway,
+                                interface: None,
+                            })
+                            .collect(),
+                    })
+                    .await
+            }
+            skog_bgp::RouteEvent::Remove { prefix } => {
+                programmer.remove_learned_route(prefix).await
+            }
+        };
+        self.program(result);
+    }
+
+    /// Reads the programmer and the speaker: metrics, endpoint status for the datastore.
+    async fn observe(&mut self) {
+        let Ok(snapshot) = self.parts.programmer.snapshot().await else {
+            return;
+        };
+        let m = &self.parts.metrics;
+        let mut counts: BTreeMap<&str, i64> =
+            [("up", 0), ("down", 0), ("missing", 0), ("error", 0)].into();
+        for ep in &snapshot.endpoints {
+            *counts
+                .entry(state_name(ep.tap, !ep.errors.is_empty()))
+                .or_default() += 1;
+        }
+        let unprogrammable = self
+            .endpoints
+            .values()
+            .filter(|e| e.problem.is_some())
+            .count();
+        *counts.entry("error").or_default() += i64::try_from(unprogrammable).unwrap_or(0);
+        for (state, n) in counts {
+            m.endpoints
+                .get_or_create(&StateLabel {
+                    state: state.into(),
+                })
+                .set(n);
+        }
+        let learned = i64::try_from(snapshot.learned_routes).unwrap_or(i64::MAX);
+        let total = i64::try_from(snapshot.routes_programmed).unwrap_or(i64::MAX);
+        m.routes_programmed
+            .get_or_create(&KindLabel {
+                kind: "learned".into(),
+            })
+            .set(learned);
+        m.routes_programmed
+            .get_or_create(&KindLabel {
+                kind: "endpoint".into(),
+            })
+            .set(total.saturating_sub(learned).max(0));
+        if snapshot.kernel_writes != self.last_route_writes {
+            self.last_route_writes = snapshot.kernel_writes;
+            if let Some(d) = snapshot.last_apply {
+                m.route_apply_seconds.observe(d.as_secs_f64());
+            }
+        }
+        let status = self.parts.model_status.borrow().clone();
+        m.datastore_in_sync.set(i64::from(status.in_sync));
+        m.datastore_rejected
+            .set(i64::try_from(status.rejected.len()).unwrap_or(i64::MAX));
+        if let Some(speaker) = &self.speaker
+            && let Ok(peers) = speaker.peers().await
+        {
+            for p in peers {
+                let label = PeerLabel {
+                    peer: p.name.clone(),
+                };
+                m.bgp_session_state
+                    .get_or_create(&label)
+                    .set(fsm_number(p.state));
+                m.bgp_prefixes_received
+                    .get_or_create(&label)
+                    .set(i64::try_from(p.received).unwrap_or(i64::MAX));
+                m.bgp_prefixes_advertised
+                    .get_or_create(&label)
+                    .set(i64::try_from(p.advertised).unwrap_or(i64::MAX));
+            }
+        }
+        if self.status_dirty && self.in_sync {
+            self.status_dirty = false;
+            let by_key: HashMap<&str, &dataplane::EndpointStatus> = snapshot
+                .endpoints
+                .iter()
+                .map(|e| (e.id.as_str(), e))
+                .collect();
+            let updates: Vec<(EndpointId, ReportedStatus)> = self
+                .endpoints
+                .iter()
+                .map(|(key, ep)| {
+                    let status = match (by_key.get(key.as_str()), &ep.problem) {
+                        (_, Some(_)) => ReportedStatus::Error,
+                        (Some(s), None) if !s.errors.is_empty() => ReportedStatus::Error,
+                        (Some(s), None) if s.tap == TapState::Up => ReportedStatus::Up,
+                        _ => ReportedStatus::Down,
+                    };
+                    (ep.local.endpoint.id.clone(), status)
+                })
+                .collect();
+            for (id, status) in updates {
+                self.report(&id, Some(status)).await;
+            }
+        }
+    }
+
+    /// Sends an endpoint's status to the datastore if it changed.
+    async fn report(&mut self, id: &EndpointId, status: Option<ReportedStatus>) {
+        let key = id.to_string();
+        let changed = match status {
+            Some(s) => self.reported.insert(key, s) != Some(s),
+            None => self.reported.remove(&key).is_some(),
+        };
+        if let (true, Some(tx)) = (changed, &self.parts.status_updates) {
+            let _ = tx
+                .send(StatusUpdate {
+                    id: id.clone(),
+                    status,
+                })
+                .await;
+        }
+    }
+
+    async fn reload(&mut self, config: crate::config::Config) {
+        let Some(speaker) = &self.speaker else {
+            if let (Some(start), Some(bgp)) = (&mut self.parts.bgp, config.bgp) {
+                // BGP has not started yet: it will start with the new peers.
+                start.config = bgp;
+            }
+            info!("configuration reloaded");
+            return;
+        };
+        let new = peers::by_name(config.bgp.as_ref());
+        let changes = peers::diff(&self.peers, &new);
+        if changes.is_empty() {
+            info!("configuration reloaded; peers unchanged");
+            return;
+        }
+        for name in &changes.remove {
+            match speaker.remove_peer(name).await {
+                Ok(()) => info!(peer = %name, "peer removed"),
+                Err(e) => warn!(peer = %name, error = %e, "cannot remove peer"),
+            }
+            self.peers.remove(name);
+        }
+        for peer in changes.add {
+            let name = peer.name.clone();
+            match speaker.add_peer(peer.clone()).await {
+                Ok(()) => {
+                    info!(peer = %name, "peer added");
+                    self.peers.insert(name, peer);
+                }
+                Err(e) => {
+                    error!(peer = %name, error = %e, "cannot add peer");
+                    self.metrics_error("bgp");
+                }
+            }
+        }
+    }
+
+    async fn shut_down(&mut self) {
+        let _ = self.parts.notifier.stopping();
+        info!("stopping; routes and rules stay in place");
+        if let Some(speaker) = &self.speaker {
+            // With graceful restart the peers keep our routes until we are back; without it
+            // they are told why we leave.
+            let how = if self.graceful_restart {
+                skog_bgp::Shutdown::Graceful
+            } else {
+                skog_bgp::Shutdown::Withdraw("skogd stopping".into())
+            };
+            if let Err(e) = speaker.shutdown(how).await {
+                warn!(error = %e, "BGP shutdown");
+            }
+        }
+        if let Err(e) = self.parts.programmer.shutdown().await {
+            warn!(error = %e, "route programmer shutdown");
+        }
+    }
+
+    fn metrics_error(&self, kind: &str) {
+        self.parts
+            .metrics
+            .errors
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    fn status_line(&self, policy: &super::policy::PolicyState) -> String {
+        let mut line = format!(
+            "{} endpoints, {} routes announced",
+            self.endpoints.len(),
+            self.announced.len()
+        );
+        if !policy.problems.is_empty() {
+            line.push_str(&format!(", {} policy problems", policy.problems.len()));
+        }
+        if let Some(e) = &policy.last_error {
+            line.push_str(&format!(", rules not applied: {e}"));
+        }
+        line
+    }
+
+    async fn on_api(&mut self, request: ApiRequest) {
+        match request {
+            ApiRequest::Status { reply } => {
+                let _ = reply.send(self.status().await);
+            }
+            ApiRequest::Peers { reply } => {
+                let _ = reply.send(self.peer_statuses().await);
+            }
+            ApiRequest::Routes { filter, reply } => {
+                let _ = reply.send(self.routes(&filter).await);
+            }
+            ApiRequest::Endpoints { reply } => {
+                let _ = reply.send(self.endpoint_statuses().await);
+            }
+            ApiRequest::PolicyShow { interface, reply } => {
+                let policy = self.parts.policy.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(policy.show(interface).await);
+                });
+            }
+            ApiRequest::PolicyTrace { reply, .. } => {
+                let _ = reply.send(Err("policy trace is not available yet".into()));
+            }
+        }
+    }
+
+    async fn status(&self) -> Status {
+        let model = self.parts.model_status.borrow().clone();
+        let endpoints = self.endpoint_statuses().await;
+        let mut counts = EndpointCounts::default();
+        for e in &endpoints {
+            match e.state.as_str() {
+                "up" => counts.up += 1,
+                "error" => counts.error += 1,
+                _ => counts.down += 1,
+            }
+        }
+        let peers = self.peer_statuses().await;
+        let routes_programmed = match self.parts.programmer.snapshot().await {
+            Ok(s) => s.routes_programmed as u64,
+            Err(_) => 0,
+        };
+        Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            node_name: self.parts.node_name.clone(),
+            uptime_s: self.started.elapsed().as_secs(),
+            datastore: DatastoreStatus {
+                kind: self.parts.datastore_kind.into(),
+                state: if !model.connected {
+                    "disconnected"
+                } else if model.in_sync {
+                    "in-sync"
+                } else {
+                    "syncing"
+                }
+                .into(),
+                ready: model.datastore_ready,
+                last_error: None,
+            },
+            endpoints: counts,
+            routes_programmed,
+            peers: PeerCounts {
+                total: peers.len() as u64,
+                established: peers.iter().filter(|p| p.state == "Established").count() as u64,
+            },
+            rejected: model
+                .rejected
+                .iter()
+                .map(|r| Rejected {
+                    key: r.key.clone(),
+                    reason: r.reason.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    async fn peer_statuses(&self) -> Vec<PeerStatus> {
+        let Some(speaker) = &self.speaker else {
+            // Not started yet: the configured peers, idle.
+            return self
+                .peers_configured()
+                .map(|p| PeerStatus {
+                    name: p.name.clone(),
+                    address: p.address.to_string(),
+                    asn: p.asn,
+                    state: "Idle".into(),
+                    uptime_s: 0,
+                    received: 0,
+                    accepted: 0,
+                    advertised: 0,
+                    last_error: Some("waiting for the datastore".into()),
+                })
+                .collect();
+        };
+        let Ok(peers) = speaker.peers().await else {
+            return Vec::new();
+        };
+        let mut out: Vec<PeerStatus> = peers
+            .into_iter()
+            .map(|p| PeerStatus {
+                name: p.name,
+                address: p.address.to_string(),
+                asn: p.asn,
+                state: format!("{:?}", p.state),
+                uptime_s: p
+                    .established_since
+                    .and_then(|t| t.elapsed().ok())
+                    .map_or(0, |d| d.as_secs()),
+                received: p.received as u64,
+                accepted: p.accepted as u64,
+                advertised: p.advertised as u64,
+                last_error: p.last_error,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    fn peers_configured(&self) -> impl Iterator<Item = &crate::config::PeerConfig> {
+        self.parts.bgp.iter().flat_map(|b| b.config.peers.iter())
+    }
+
+    async fn routes(&self, filter: &RouteFilter) -> Result<Vec<RouteEntry>, String> {
+        if filter.advertised.is_some() || filter.received.is_some() {
+            return Err(
+                "per-peer route views are not available yet; use --kernel or no flag".into(),
+            );
+        }
+        let kernel = self
+            .parts
+            .programmer
+            .routes()
+            .await
+            .map_err(|e| e.to_string())?;
+        if filter.kernel {
+            return Ok(kernel
+                .into_iter()
+                .map(|r| RouteEntry {
+                    prefix: r.prefix.to_string(),
+                    next_hops: r.next_hops,
+                    origin: if r.learned { "bgp" } else { "endpoint" }.into(),
+                    age_s: None,
+                })
+                .collect());
+        }
+        // Endpoint routes we announce, then what BGP learned (the Loc-RIB).
+        let mut out: Vec<RouteEntry> = kernel
+            .into_iter()
+            .filter(|r| !r.learned && self.announced.contains(&r.prefix))
+            .map(|r| RouteEntry {
+                prefix: r.prefix.to_string(),
+                next_hops: r.next_hops,
+                origin: "endpoint".into(),
+                age_s: None,
+            })
+            .collect();
+        if let Some(speaker) = &self.speaker {
+            let learned = speaker.routes().await.map_err(|e| e.to_string())?;
+            out.extend(learned.into_iter().map(|r| RouteEntry {
+                prefix: r.prefix.to_string(),
+                next_hops: r.next_hops.iter().map(|h| format!("via {h}")).collect(),
+                origin: "bgp".into(),
+                age_s: None,
+            }));
+        }
+        Ok(out)
+    }
+
+    async fn endpoint_statuses(&self) -> Vec<EndpointStatus> {
+        let snapshot = self.parts.programmer.snapshot().await.unwrap_or_default();
+        let by_key: HashMap<&str, &dataplane::EndpointStatus> = snapshot
+            .endpoints
+            .iter()
+            .map(|e| (e.id.as_str(), e))
+            .collect();
+        self.endpoints
+            .iter()
+            .map(|(key, ep)| {
+                let e = &ep.local.endpoint;
+                let programmed = by_key.get(key.as_str());
+                let errors: Vec<String> = ep
+                    .problem
+                    .iter()
+                    .cloned()
+                    .chain(programmed.iter().flat_map(|p| p.errors.iter().cloned()))
+                    .collect();
+                let state = match programmed {
+                    Some(p) => state_name(p.tap, !errors.is_empty()),
+                    None => "error",
+                };
+                EndpointStatus {
+                    interface: e.interface_name.clone(),
+                    port_id: e.id.endpoint.clone(),
+                    workload: e.id.workload.clone(),
+                    mac: e.mac.map(|m| m.to_string()).unwrap_or_default(),
+                    addresses: e.ip_networks.iter().map(ToString::to_string).collect(),
+                    floating_ips: e
+                        .ip_nats
+                        .iter()
+                        .map(|n| format!("{} -> {}", n.external, n.internal))
+                        .collect(),
+                    state: state.into(),
+                    security_groups: ep.local.policies.iter().map(|p| p.name.clone()).collect(),
+                    reported_status: self
+                        .reported
+                        .get(key)
+                        .map_or("none", |s| match s {
+                            ReportedStatus::Up => "up",
+                            ReportedStatus::Down => "down",
+                            ReportedStatus::Error => "error",
+                        })
+                        .into(),
+                    last_error: (!errors.is_empty()).then(|| errors.join("; ")),
+                }
+            })
+            .collect()
+    }
+}
+
+fn state_name(tap: TapState, error: bool) -> &'static str {
+    match (tap, error) {
+        (_, true) => "error",
+        (TapState::Up, false) => "up",
+        (TapState::Down, false) => "down",
+        (TapState::Missing, false) => "missing",
+    }
+}
+
+/// RFC 4271's numbering of the states (1 Idle … 6 Established).
+fn fsm_number(state: skog_bgp::fsm::State) -> i64 {
+    use skog_bgp::fsm::State;
+    match state {
+        State::Idle => 1,
+        State::Connect => 2,
+        State::Active => 3,
+        State::OpenSent => 4,
+        State::OpenConfirm => 5,
+        State::Established => 6,
+    }
+}
+
+/// Receives from an optional channel; pending forever when there is none (or it closed).
+async fn recv_some<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(r) => match r.recv().await {
+            Some(v) => Some(v),
+            None => {
+                *rx = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
