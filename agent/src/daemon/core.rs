@@ -103,6 +103,8 @@ pub struct Core {
     started: Instant,
     endpoints: BTreeMap<String, Endpoint>,
     announced: BTreeSet<IpNet>,
+    /// When each announced or learned route appeared or last changed (the CLI's age).
+    route_since: HashMap<IpNet, Instant>,
     reported: HashMap<String, ReportedStatus>,
     speaker: Option<SpeakerHandle>,
     bgp_events: Option<mpsc::UnboundedReceiver<skog_bgp::RouteEvent>>,
@@ -125,6 +127,7 @@ impl Core {
             started: Instant::now(),
             endpoints: BTreeMap::new(),
             announced: BTreeSet::new(),
+            route_since: HashMap::new(),
             reported: HashMap::new(),
             speaker: None,
             bgp_events: None,
@@ -338,8 +341,10 @@ impl Core {
             dataplane::RouteEvent::Withdraw(p) => (p, false),
         };
         let changed = if announce {
+            self.route_since.insert(prefix, Instant::now());
             self.announced.insert(prefix)
         } else {
+            self.route_since.remove(&prefix);
             self.announced.remove(&prefix)
         };
         self.status_dirty = true;
@@ -359,6 +364,7 @@ impl Core {
         let programmer = &self.parts.programmer;
         let result = match event {
             skog_bgp::RouteEvent::Install { prefix, next_hops } => {
+                self.route_since.insert(prefix, Instant::now());
                 programmer
                     .set_learned_route(LearnedRoute {
                         prefix,
@@ -373,6 +379,7 @@ impl Core {
                     .await
             }
             skog_bgp::RouteEvent::Remove { prefix } => {
+                self.route_since.remove(&prefix);
                 programmer.remove_learned_route(prefix).await
             }
         };
@@ -709,7 +716,7 @@ impl Core {
                     prefix: r.prefix.to_string(),
                     next_hops: r.next_hops,
                     origin: if r.learned { "bgp" } else { "endpoint" }.into(),
-                    age_s: None,
+                    age_s: self.age(&r.prefix),
                 })
                 .collect());
         }
@@ -721,7 +728,7 @@ impl Core {
                 prefix: r.prefix.to_string(),
                 next_hops: r.next_hops,
                 origin: "endpoint".into(),
-                age_s: None,
+                age_s: self.age(&r.prefix),
             })
             .collect();
         if let Some(speaker) = &self.speaker {
@@ -730,10 +737,14 @@ impl Core {
                 prefix: r.prefix.to_string(),
                 next_hops: r.next_hops.iter().map(|h| format!("via {h}")).collect(),
                 origin: "bgp".into(),
-                age_s: None,
+                age_s: self.age(&r.prefix),
             }));
         }
         Ok(out)
+    }
+
+    fn age(&self, prefix: &IpNet) -> Option<u64> {
+        self.route_since.get(prefix).map(|t| t.elapsed().as_secs())
     }
 
     async fn endpoint_statuses(&self) -> Vec<EndpointStatus> {
