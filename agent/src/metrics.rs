@@ -126,6 +126,13 @@ impl Metrics {
         r.register("errors", "Errors by kind", m.errors.clone());
         m
     }
+
+    /// Counts one error of `kind`.
+    pub fn count_error(&self, kind: &str) {
+        self.errors
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
 }
 
 /// Liveness and readiness, shared between the main loop and the HTTP handlers.

@@ -183,6 +183,19 @@ fn skogctl_json(socket: &Path, args: &[&str]) -> Result<Value, String> {
     serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
 }
 
+/// Waits until exactly the peers `names` are Established.
+fn wait_established(socket: &Path, names: &[&str]) {
+    wait_until(&format!("{names:?} established"), CONVERGE, || {
+        let up = established(socket)?;
+        if up == names {
+            Ok(())
+        } else {
+            Err(format!("{up:?}"))
+        }
+    })
+    .unwrap();
+}
+
 fn established(socket: &Path) -> Result<Vec<String>, String> {
     let peers = skogctl_json(socket, &["peers"])?;
     let up: Vec<String> = peers
@@ -292,16 +305,7 @@ fn file_datastore_endpoints_become_routes_rules_and_announcements_and_go_away() 
 
     // Both sessions up on both hypervisors; the VM routes reach the ToR.
     for i in 0..2 {
-        let socket = bed.socket(i);
-        wait_until("both sessions established", CONVERGE, || {
-            let up = established(&socket)?;
-            if up.len() == 2 {
-                Ok(())
-            } else {
-                Err(format!("{up:?}"))
-            }
-        })
-        .unwrap();
+        wait_established(&bed.socket(i), &["tor1-v4", "tor1-v6"]);
     }
     for i in 0..2 {
         let prefix = format!("{}/32", bed.vm_v4(i));
@@ -430,15 +434,7 @@ fn etcd_restart_loses_no_packet_and_sighup_changes_only_the_changed_peer() {
 
     // SIGHUP with tor1-v6 removed: tor1-v4 stays up throughout.
     let socket0 = bed.socket(0);
-    wait_until("both sessions established", CONVERGE, || {
-        let up = established(&socket0)?;
-        if up.len() == 2 {
-            Ok(())
-        } else {
-            Err(format!("{up:?}"))
-        }
-    })
-    .unwrap();
+    wait_established(&socket0, &["tor1-v4", "tor1-v6"]);
     let uptime_before = skogctl_json(&socket0, &["peers"]).unwrap()[0]["uptime_s"]
         .as_u64()
         .unwrap();
@@ -503,15 +499,7 @@ fn etcd_restart_loses_no_packet_and_sighup_changes_only_the_changed_peer() {
         "packets lost across the restart: {summary}"
     );
     // The restarted skogd serves the API again and has its session back.
-    wait_until("session back after restart", CONVERGE, || {
-        let up = established(&socket0)?;
-        if up == ["tor1-v4"] {
-            Ok(())
-        } else {
-            Err(format!("{up:?}"))
-        }
-    })
-    .unwrap();
+    wait_established(&socket0, &["tor1-v4"]);
 }
 
 #[test]

@@ -319,7 +319,7 @@ impl Core {
             }
             Err(e) => {
                 error!(error = %e, "cannot start the BGP speaker; routes are not announced");
-                self.metrics_error("bgp");
+                self.parts.metrics.count_error("bgp");
             }
         }
     }
@@ -526,7 +526,7 @@ impl Core {
                 }
                 Err(e) => {
                     error!(peer = %name, error = %e, "cannot add peer");
-                    self.metrics_error("bgp");
+                    self.parts.metrics.count_error("bgp");
                 }
             }
         }
@@ -550,14 +550,6 @@ impl Core {
         if let Err(e) = self.parts.programmer.shutdown().await {
             warn!(error = %e, "route programmer shutdown");
         }
-    }
-
-    fn metrics_error(&self, kind: &str) {
-        self.parts
-            .metrics
-            .errors
-            .get_or_create(&KindLabel { kind: kind.into() })
-            .inc();
     }
 
     fn status_line(&self, policy: &super::policy::PolicyState) -> String {

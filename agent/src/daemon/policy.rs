@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::api::types::PolicyShow;
-use crate::metrics::{KindLabel, Metrics};
+use crate::metrics::Metrics;
 
 /// A change to the compiler's input.
 #[derive(Debug)]
@@ -302,10 +302,7 @@ impl Task {
             }
             Err(e) => {
                 error!(error = %e, "applying security-group rules failed; previous rules stay in force");
-                self.metrics
-                    .errors
-                    .get_or_create(&KindLabel { kind: "nft".into() })
-                    .inc();
+                self.metrics.count_error("nft");
                 self.state.last_error = Some(e.to_string());
                 // Retry everything on the next change or refresh.
                 self.dirty.full = true;
@@ -374,10 +371,7 @@ impl Task {
             Ok(outcome) => info!(?outcome, "nftables drift repaired"),
             Err(e) => {
                 error!(error = %e, "checking nftables for drift failed");
-                self.metrics
-                    .errors
-                    .get_or_create(&KindLabel { kind: "nft".into() })
-                    .inc();
+                self.metrics.count_error("nft");
             }
         }
     }
