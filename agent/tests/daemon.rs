@@ -335,6 +335,39 @@ fn file_datastore_endpoints_become_routes_rules_and_announcements_and_go_away() 
     let shown = skogctl_json(&bed.socket(1), &["policy", "show", &tap]).unwrap();
     let ruleset = shown["ruleset"].as_str().unwrap();
     assert!(ruleset.contains("dport 80"), "{ruleset}");
+    // Routes: what we advertise to a peer, what it sent us, and the kernel's view.
+    let prefixes = |args: &[&str]| -> Vec<(String, String)> {
+        skogctl_json(&bed.socket(1), args)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let prefix = r["prefix"].as_str().unwrap().to_owned();
+                (prefix, r["origin"].as_str().unwrap().to_owned())
+            })
+            .collect()
+    };
+    let vm1 = format!("{}/32", bed.vm_v4(1));
+    let advertised = prefixes(&["routes", "--advertised", "tor1-v4"]);
+    assert!(
+        advertised.contains(&(vm1.clone(), "endpoint".into())),
+        "{advertised:?}"
+    );
+    let received = prefixes(&["routes", "--received", "tor1-v4"]);
+    assert!(
+        received.contains(&("0.0.0.0/0".into(), "bgp".into())),
+        "{received:?}"
+    );
+    let kernel = prefixes(&["routes", "--kernel"]);
+    assert!(
+        kernel.contains(&(vm1.clone(), "endpoint".into())),
+        "{kernel:?}"
+    );
+    assert!(
+        kernel.contains(&("0.0.0.0/0".into(), "bgp".into())),
+        "{kernel:?}"
+    );
     let status = skogctl_json(&bed.socket(1), &["status"]).unwrap();
     assert_eq!(status["datastore"]["state"], "in-sync", "{status}");
     assert_eq!(status["peers"]["established"], 2, "{status}");

@@ -23,4 +23,6 @@ pub mod speaker;
 
 pub use config::{PeerConfig, SpeakerConfig};
 pub use rib::RouteEvent;
-pub use speaker::{LearnedRoute, PeerSnapshot, Shutdown, Speaker, SpeakerError, SpeakerHandle};
+pub use speaker::{
+    LearnedRoute, PeerRoute, PeerSnapshot, RibSide, Shutdown, Speaker, SpeakerError, SpeakerHandle,
+};

@@ -138,6 +138,11 @@ impl AdjRibIn {
     pub fn accepted_routes(&self) -> impl Iterator<Item = (&IpNet, &Path)> {
         self.paths.iter().filter(|(_, p)| p.accepted)
     }
+
+    /// Every route received, accepted or not.
+    pub fn routes(&self) -> impl Iterator<Item = (&IpNet, &Path)> {
+        self.paths.iter()
+    }
 }
 
 /// The ranking key of a path: lower is better. Paths with equal keys share the prefix (ECMP).
@@ -256,6 +261,11 @@ impl AdjRibOut {
     /// Number of prefixes the peer holds from us.
     pub fn advertised(&self) -> usize {
         self.advertised.len()
+    }
+
+    /// The prefixes the peer holds from us.
+    pub fn advertised_prefixes(&self) -> impl Iterator<Item = &IpNet> {
+        self.advertised.iter()
     }
 
     /// Compares the changed prefixes with `export` (restricted to `families`) and returns

@@ -100,6 +100,28 @@ pub struct LearnedRoute {
     pub next_hops: Vec<IpAddr>,
 }
 
+/// One peer's side of the routes: what it sent us, or what it holds from us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RibSide {
+    /// Its Adj-RIB-In: what it announced to us.
+    Received,
+    /// Its Adj-RIB-Out: what we announced to it.
+    Advertised,
+}
+
+/// A route in one peer's Adj-RIB-In or Adj-RIB-Out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRoute {
+    /// The prefix.
+    pub prefix: IpNet,
+    /// The next hop it came with (received), or `None` for ours (next-hop self).
+    pub next_hop: Option<IpAddr>,
+    /// Whether the import filter accepted it (always true for advertised routes).
+    pub accepted: bool,
+    /// Kept from before the peer's graceful restart.
+    pub stale: bool,
+}
+
 /// How to end the speaker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Shutdown {
@@ -119,6 +141,11 @@ enum Request {
     Refresh(String, oneshot::Sender<Result<(), SpeakerError>>),
     Peers(oneshot::Sender<Vec<PeerSnapshot>>),
     Routes(oneshot::Sender<Vec<LearnedRoute>>),
+    PeerRoutes(
+        String,
+        RibSide,
+        oneshot::Sender<Result<Vec<PeerRoute>, SpeakerError>>,
+    ),
     Inbound(tokio::net::TcpStream, SocketAddr),
     Shutdown(Shutdown, oneshot::Sender<()>),
 }
@@ -183,6 +210,16 @@ impl SpeakerHandle {
     /// The learned routes (Loc-RIB).
     pub async fn routes(&self) -> Result<Vec<LearnedRoute>, SpeakerError> {
         self.ask(Request::Routes).await
+    }
+
+    /// The routes `name` sent us, or holds from us.
+    pub async fn peer_routes(
+        &self,
+        name: &str,
+        side: RibSide,
+    ) -> Result<Vec<PeerRoute>, SpeakerError> {
+        self.ask(|tx| Request::PeerRoutes(name.to_owned(), side, tx))
+            .await?
     }
 
     /// Ends every session as `how` says and stops the speaker. Learned routes are not
@@ -518,6 +555,15 @@ impl SpeakerTask {
                 out.sort_by_key(|r| r.prefix);
                 let _ = reply.send(out);
             }
+            Request::PeerRoutes(name, side, reply) => {
+                let routes = self.peer_named(&name).map(|id| {
+                    self.peers
+                        .get(&id)
+                        .map(|p| peer_routes(p, side))
+                        .unwrap_or_default()
+                });
+                let _ = reply.send(routes);
+            }
             Request::Inbound(stream, from) => {
                 let from = from.ip().to_canonical();
                 match self.peers.values().find(|p| p.cfg.address == from) {
@@ -739,6 +785,33 @@ fn sendable_families(s: &Established) -> Vec<Family> {
             (Family::Ipv6, NextHopSelf::V4(_)) => false,
         })
         .collect()
+}
+
+fn peer_routes(p: &PeerEntry, side: RibSide) -> Vec<PeerRoute> {
+    let mut out: Vec<PeerRoute> = match side {
+        RibSide::Received => p
+            .adj_in
+            .routes()
+            .map(|(prefix, path)| PeerRoute {
+                prefix: *prefix,
+                next_hop: Some(path.next_hop),
+                accepted: path.accepted,
+                stale: path.stale,
+            })
+            .collect(),
+        RibSide::Advertised => p
+            .adj_out
+            .advertised_prefixes()
+            .map(|prefix| PeerRoute {
+                prefix: *prefix,
+                next_hop: None,
+                accepted: true,
+                stale: false,
+            })
+            .collect(),
+    };
+    out.sort_by_key(|r| r.prefix);
+    out
 }
 
 fn export_attrs(cfg: &PeerConfig, s: &Established, asn: u32) -> ExportAttrs {

@@ -690,10 +690,35 @@ impl Core {
     }
 
     async fn routes(&self, filter: &RouteFilter) -> Result<Vec<RouteEntry>, String> {
-        if filter.advertised.is_some() || filter.received.is_some() {
-            return Err(
-                "per-peer route views are not available yet; use --kernel or no flag".into(),
-            );
+        let per_peer = match (&filter.advertised, &filter.received) {
+            (Some(peer), _) => Some((peer, skog_bgp::RibSide::Advertised)),
+            (None, Some(peer)) => Some((peer, skog_bgp::RibSide::Received)),
+            (None, None) => None,
+        };
+        if let Some((peer, side)) = per_peer {
+            let speaker = self.speaker.as_ref().ok_or("BGP is not running")?;
+            let routes = speaker
+                .peer_routes(peer, side)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(routes
+                .into_iter()
+                .map(|r| RouteEntry {
+                    prefix: r.prefix.to_string(),
+                    next_hops: vec![match r.next_hop {
+                        Some(hop) => format!("via {hop}"),
+                        None => "self".into(),
+                    }],
+                    origin: match (side, r.accepted, r.stale) {
+                        (skog_bgp::RibSide::Advertised, ..) => "endpoint",
+                        (_, false, _) => "bgp (filtered)",
+                        (_, true, true) => "bgp (stale)",
+                        (_, true, false) => "bgp",
+                    }
+                    .into(),
+                    age_s: self.age(&r.prefix),
+                })
+                .collect());
         }
         let kernel = self
             .parts
