@@ -116,6 +116,8 @@ pub struct Core {
     in_sync: bool,
     ready: bool,
     status_dirty: bool,
+    /// The last `STATUS=` line sent to systemd.
+    status_sent: String,
     last_route_writes: u64,
 }
 
@@ -137,6 +139,7 @@ impl Core {
             in_sync: false,
             ready: false,
             status_dirty: false,
+            status_sent: String::new(),
             last_route_writes: 0,
         }
     }
@@ -434,10 +437,15 @@ impl Core {
         m.datastore_in_sync.set(i64::from(status.in_sync));
         m.datastore_rejected
             .set(i64::try_from(status.rejected.len()).unwrap_or(i64::MAX));
+        let mut peers_up = (0, 0);
         if let Some(speaker) = &self.speaker
             && let Ok(peers) = speaker.peers().await
         {
             for p in peers {
+                peers_up.1 += 1;
+                if p.state == skog_bgp::fsm::State::Established {
+                    peers_up.0 += 1;
+                }
                 let label = PeerLabel {
                     peer: p.name.clone(),
                 };
@@ -450,6 +458,27 @@ impl Core {
                 m.bgp_prefixes_advertised
                     .get_or_create(&label)
                     .set(i64::try_from(p.advertised).unwrap_or(i64::MAX));
+            }
+        }
+        if self.ready {
+            let up = snapshot
+                .endpoints
+                .iter()
+                .filter(|e| e.tap == TapState::Up && e.errors.is_empty())
+                .count();
+            let mut line = format!(
+                "{up}/{} endpoints up, {} routes announced, {}/{} peers established",
+                self.endpoints.len(),
+                self.announced.len(),
+                peers_up.0,
+                peers_up.1
+            );
+            if !status.rejected.is_empty() {
+                line.push_str(&format!(", {} resources rejected", status.rejected.len()));
+            }
+            if line != self.status_sent {
+                let _ = self.parts.notifier.status(&line);
+                self.status_sent = line;
             }
         }
         if self.status_dirty && self.in_sync {
