@@ -284,7 +284,7 @@ impl<'m> Tracer<'m> {
         let prefix = self.model.settings.interface_prefix.as_str();
         let from_vm = match &p.in_interface {
             Some(interface) => Some(interface.clone()),
-            None => self.owner(p.src).map(|(_, ep)| ep.interface.clone()),
+            None => self.owner(p.src).map(|ep| ep.interface.clone()),
         }
         .filter(|interface| interface.starts_with(prefix));
         if from_vm.is_none() && self.is_host(p.src) {
@@ -302,7 +302,7 @@ impl<'m> Tracer<'m> {
             None
         } else {
             self.owner(p.dst)
-                .map(|(_, ep)| ep.interface.clone())
+                .map(|ep| ep.interface.clone())
                 .filter(|interface| interface.starts_with(prefix))
         };
         if from_vm.is_none() && to_vm.is_none() {
@@ -361,18 +361,17 @@ impl<'m> Tracer<'m> {
     }
 
     /// The endpoint whose ipNetworks hold `addr` (the most specific; ties: the first id).
-    fn owner(&self, addr: IpAddr) -> Option<(&'m str, &'m Endpoint)> {
-        let mut best: Option<(u8, &'m str, &'m Endpoint)> = None;
-        for (id, ep) in &self.model.endpoints {
+    fn owner(&self, addr: IpAddr) -> Option<&'m Endpoint> {
+        let mut best: Option<(u8, &'m Endpoint)> = None;
+        for ep in self.model.endpoints.values() {
             for net in &ep.ip_networks {
-                if net.trunc().contains(&addr)
-                    && best.is_none_or(|(len, _, _)| net.prefix_len() > len)
+                if net.trunc().contains(&addr) && best.is_none_or(|(len, _)| net.prefix_len() > len)
                 {
-                    best = Some((net.prefix_len(), id, ep));
+                    best = Some((net.prefix_len(), ep));
                 }
             }
         }
-        best.map(|(_, id, ep)| (id, ep))
+        best.map(|(_, ep)| ep)
     }
 
     fn is_host(&self, addr: IpAddr) -> bool {
