@@ -13,9 +13,12 @@ use skog_agent::datastore::etcd::{self, EtcdConfig};
 use skog_agent::datastore::status::{EndpointStatus, StatusConfig, StatusReporter, StatusUpdate};
 use skog_agent::datastore::{SyncEvent, run_model};
 use skog_agent::model::fixtures::{
-    Port, allow_all_egress, allow_tcp_from_group, cluster_information, sg_policy,
+    Port, allow_all_egress, allow_tcp_from_group, bgp_configuration, bgp_peer, cluster_information,
+    node, sg_policy,
 };
-use skog_agent::model::{Model, ModelConfig, ModelEvent, ModelStatus, Selector, SelectorId};
+use skog_agent::model::{
+    DatastoreBgp, DatastorePeer, Model, ModelConfig, ModelEvent, ModelStatus, Selector, SelectorId,
+};
 use tokio::sync::{mpsc, watch};
 
 const HOST: &str = "compute-01";
@@ -364,4 +367,129 @@ fn base64_decode(text: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+#[test]
+fn bgp_peers_for_this_node_come_from_etcd() {
+    let bed = etcd_bed("ds-etcd-bgp");
+    let (ns, url) = (bed.controller_ns.clone(), bed.url.clone());
+    let resources = [
+        bgp_peer(
+            "tor-mine",
+            json!({"node": HOST, "peerIP": "192.0.2.1", "asNumber": 65001}),
+        ),
+        bgp_peer(
+            "tor-other",
+            json!({"node": "compute-02", "peerIP": "192.0.2.3", "asNumber": 65001}),
+        ),
+        bgp_peer(
+            "global",
+            json!({"peerIP": "[2001:db8::9]:1790", "asNumber": "1.10", "maxRestartTime": "2m",
+                   "ttlSecurity": 1, "keepOriginalNextHop": true}),
+        ),
+        bgp_peer(
+            "rack-r1",
+            json!({"nodeSelector": "rack == 'r1'", "peerIP": "192.0.2.5", "asNumber": 65005,
+                   "sourceAddress": "None"}),
+        ),
+        node(
+            HOST,
+            json!({"rack": "r1"}),
+            json!({"asNumber": 65101, "ipv4Address": "192.0.2.2/24",
+                   "ipv6Address": "2001:db8::2/64"}),
+        ),
+        node(
+            "compute-02",
+            json!({"rack": "r2"}),
+            json!({"asNumber": 65102}),
+        ),
+        bgp_configuration(
+            "default",
+            json!({"asNumber": 64512, "listenPort": 1790, "nodeToNodeMeshEnabled": false}),
+        ),
+    ];
+    for (key, value) in &resources {
+        put_json(&ns, &url, key, value);
+    }
+    let (secret_key, secret) = bgp_peer(
+        "with-secret",
+        json!({"peerIP": "192.0.2.7", "asNumber": 65007,
+               "password": {"secretKeyRef": {"name": "bgp-secrets", "key": "tor"}}}),
+    );
+    put_json(&ns, &url, &secret_key, &secret);
+    let node_key = resources[4].0.clone();
+
+    bed.tb
+        .hv(bed.compute)
+        .unwrap()
+        .ns()
+        .enter(move || {
+            runtime().block_on(async move {
+                let mut run = start_model(test_config(&url));
+                let bgp = recv_until(&mut run.events, "the BGP settings", |e| match e {
+                    ModelEvent::Bgp(bgp) => Some(bgp.clone()),
+                    _ => None,
+                })
+                .await;
+                let peer = |name: &str, address: &str, asn| DatastorePeer {
+                    name: format!("bgppeer/{name}"),
+                    address: address.parse().unwrap(),
+                    port: None,
+                    asn,
+                    source_address: None,
+                    ttl_security_hops: None,
+                    max_restart_time_s: None,
+                    keep_original_next_hop: false,
+                };
+                let global = DatastorePeer {
+                    port: Some(1790),
+                    source_address: Some("2001:db8::2".parse().unwrap()),
+                    ttl_security_hops: Some(1),
+                    max_restart_time_s: Some(120),
+                    keep_original_next_hop: true,
+                    ..peer("global", "2001:db8::9", 65546)
+                };
+                let mine = DatastorePeer {
+                    source_address: Some("192.0.2.2".parse().unwrap()),
+                    ..peer("tor-mine", "192.0.2.1", 65001)
+                };
+                let rack = peer("rack-r1", "192.0.2.5", 65005);
+                assert_eq!(
+                    bgp,
+                    DatastoreBgp {
+                        asn: Some(65101),
+                        router_id: Some("192.0.2.2".parse().unwrap()),
+                        listen_port: Some(1790),
+                        peers: vec![global.clone(), rack, mine.clone()],
+                    }
+                );
+                recv_until(&mut run.events, "in sync", |e| {
+                    (*e == ModelEvent::InSync).then_some(())
+                })
+                .await;
+                let status = run.status.borrow().clone();
+                assert_eq!(status.rejected.len(), 1, "{status:?}");
+                assert_eq!(status.rejected[0].key, secret_key);
+                assert!(
+                    status.rejected[0].reason.contains("spec.password"),
+                    "{status:?}"
+                );
+
+                // The node moves to another rack: the selector no longer picks it.
+                let (_, moved) = node(
+                    HOST,
+                    json!({"rack": "r2"}),
+                    json!({"asNumber": 65101, "ipv4Address": "192.0.2.2/24",
+                           "ipv6Address": "2001:db8::2/64"}),
+                );
+                put_json(&ns, &url, &node_key, &moved);
+                let bgp = recv_until(&mut run.events, "the BGP change", |e| match e {
+                    ModelEvent::Bgp(bgp) => Some(bgp.clone()),
+                    _ => None,
+                })
+                .await;
+                assert_eq!(bgp.peers, [global, mine]);
+            })
+        })
+        .unwrap();
 }

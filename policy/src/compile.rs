@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::model::{Action, Endpoint, HostVerdict, PolicyModel, Rule, Settings};
 use crate::names::{
@@ -90,7 +90,8 @@ impl fmt::Display for Compiled {
 
 const CLEAR_MARKS: &str = "meta mark set meta mark & 0xfffcffff";
 const CLEAR_PASS: &str = "meta mark set meta mark & 0xfffdffff";
-const METADATA_V4: &str = "169.254.169.254";
+/// The metadata service address VMs use (DNATed to [`Settings::metadata`]).
+pub(crate) const METADATA_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 
 /// Compiles `model` into the table's content.
 pub fn compile(model: &PolicyModel) -> Result<Compiled, CompileError> {
@@ -103,27 +104,14 @@ pub fn compile(model: &PolicyModel) -> Result<Compiled, CompileError> {
         policies_done: BTreeSet::new(),
         selectors_used: BTreeSet::new(),
     };
-    let mut by_interface: BTreeMap<&str, &str> = BTreeMap::new();
     let mut spoof = VerdictMap::default();
     let mut from_vm = VerdictMap::default();
     let mut to_vm = VerdictMap::default();
     let mut dnat = Vec::new();
     let mut snat = Vec::new();
-    for (id, ep) in &model.endpoints {
-        if let Err(problem) = names::check_interface(&ep.interface, &settings.interface_prefix) {
-            c.problems.push(Problem::Endpoint {
-                endpoint: id.clone(),
-                problem,
-            });
-            continue;
-        }
-        if let Some(other) = by_interface.insert(&ep.interface, id) {
-            c.problems.push(Problem::DuplicateInterface {
-                endpoint: id.clone(),
-                interface: ep.interface.clone(),
-                other: other.to_owned(),
-            });
-            by_interface.insert(&ep.interface, other);
+    for (id, ep, admitted) in admit_endpoints(model) {
+        if let Err(problem) = admitted {
+            c.problems.push(problem);
             continue;
         }
         let iface = ep.interface.clone();
@@ -153,6 +141,35 @@ pub fn compile(model: &PolicyModel) -> Result<Compiled, CompileError> {
         ruleset: c.out,
         problems: c.problems,
     })
+}
+
+/// Every endpoint in id order (the compiler's order), with the reason it gets no chains, if
+/// any: a bad interface name, or an interface an earlier endpoint already has.
+pub(crate) fn admit_endpoints(model: &PolicyModel) -> Vec<(&str, &Endpoint, Result<(), Problem>)> {
+    let prefix = &model.settings.interface_prefix;
+    let mut by_interface: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (id, ep) in &model.endpoints {
+        let admitted = match names::check_interface(&ep.interface, prefix) {
+            Err(problem) => Err(Problem::Endpoint {
+                endpoint: id.clone(),
+                problem,
+            }),
+            Ok(()) => match by_interface.get(ep.interface.as_str()) {
+                Some(other) => Err(Problem::DuplicateInterface {
+                    endpoint: id.clone(),
+                    interface: ep.interface.clone(),
+                    other: (*other).to_owned(),
+                }),
+                None => {
+                    by_interface.insert(&ep.interface, id);
+                    Ok(())
+                }
+            },
+        };
+        out.push((id.as_str(), ep, admitted));
+    }
+    out
 }
 
 /// One policy's chain for one direction, and the selectors (with IP version) it uses.

@@ -7,6 +7,7 @@
 //! - [`nft`]: running `nft -f -` with a timeout, captured stderr, optionally in a namespace.
 //! - [`netlink`]: set element changes straight over nfnetlink (the fast path).
 //! - [`applier`]: keeps the kernel in step (adopt, incremental apply, drift repair).
+//! - [`trace`]: which rule allows or drops one packet, and why (`skogctl policy trace`).
 
 pub mod applier;
 pub mod compile;
@@ -17,9 +18,11 @@ pub mod netlink;
 pub mod nft;
 pub mod rule;
 pub mod ruleset;
+pub mod trace;
 
 pub use applier::{Applier, ApplyError, ApplyOutcome};
 pub use compile::{CompileError, Compiled, Problem, compile};
 pub use model::PolicyModel;
 pub use nft::{Nft, NftError};
 pub use ruleset::Ruleset;
+pub use trace::{Trace, TracePacket, trace};

@@ -46,14 +46,19 @@ pub enum RuleProblem {
 
 /// A checked protocol number with the name nft prints for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Proto(u8);
+pub(crate) struct Proto(pub(crate) u8);
 
-const TCP: u8 = 6;
-const UDP: u8 = 17;
-const ICMP: u8 = 1;
-const ICMPV6: u8 = 58;
+pub(crate) const TCP: u8 = 6;
+pub(crate) const UDP: u8 = 17;
+pub(crate) const ICMP: u8 = 1;
+pub(crate) const ICMPV6: u8 = 58;
 const SCTP: u8 = 132;
 const UDPLITE: u8 = 136;
+
+/// The protocol number of a Calico protocol (a number or a name), as the compiler reads it.
+pub fn protocol_number(p: &Protocol) -> Result<u8, RuleProblem> {
+    Proto::parse(p).map(|p| p.0)
+}
 
 impl Proto {
     fn parse(p: &Protocol) -> Result<Proto, RuleProblem> {
@@ -85,12 +90,12 @@ impl Proto {
         }
     }
 
-    fn has_ports(self) -> bool {
+    pub(crate) fn has_ports(self) -> bool {
         matches!(self.0, TCP | UDP | SCTP | UDPLITE)
     }
 
     /// The only IP version this protocol exists in, if any.
-    fn version(self) -> Option<u8> {
+    pub(crate) fn version(self) -> Option<u8> {
         match self.0 {
             ICMP => Some(4),
             ICMPV6 => Some(6),
@@ -99,21 +104,41 @@ impl Proto {
     }
 }
 
-/// A port or port range as nft writes it.
-fn parse_port(s: &str) -> Result<String, RuleProblem> {
-    let bad = || RuleProblem::BadPort(s.to_owned());
-    let num = |t: &str| t.trim().parse::<u16>().map_err(|_| bad());
-    match s.split_once(':') {
-        None => Ok(num(s)?.to_string()),
-        Some((lo, hi)) => {
-            let (lo, hi) = (num(lo)?, num(hi)?);
-            match lo.cmp(&hi) {
-                std::cmp::Ordering::Less => Ok(format!("{lo}-{hi}")),
-                std::cmp::Ordering::Equal => Ok(lo.to_string()),
-                std::cmp::Ordering::Greater => Err(bad()),
-            }
+/// A port or an inclusive port range; displays as nft writes it (`80`, `8000-8080`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PortRange {
+    pub(crate) low: u16,
+    pub(crate) high: u16,
+}
+
+impl PortRange {
+    pub(crate) fn contains(self, port: u16) -> bool {
+        (self.low..=self.high).contains(&port)
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.low == self.high {
+            write!(f, "{}", self.low)
+        } else {
+            write!(f, "{}-{}", self.low, self.high)
         }
     }
+}
+
+/// A port or port range as Calico writes it (`"80"`, `"8000:8080"`).
+fn parse_port(s: &str) -> Result<PortRange, RuleProblem> {
+    let bad = || RuleProblem::BadPort(s.to_owned());
+    let num = |t: &str| t.trim().parse::<u16>().map_err(|_| bad());
+    let (low, high) = match s.split_once(':') {
+        None => (num(s)?, num(s)?),
+        Some((lo, hi)) => (num(lo)?, num(hi)?),
+    };
+    if low > high {
+        return Err(bad());
+    }
+    Ok(PortRange { low, high })
 }
 
 /// `x` or `{ x, y }`.
@@ -124,19 +149,21 @@ pub(crate) fn one_or_set(items: &[String]) -> String {
     }
 }
 
-/// A rule that passed validation, ready to render per IP version.
+/// A rule that passed validation, ready to render per IP version (or to evaluate, see
+/// [`crate::trace`]).
 #[derive(Debug)]
-struct Checked<'r> {
-    rule: &'r Rule,
-    proto: Option<Proto>,
-    not_proto: Option<Proto>,
-    src_ports: Vec<String>,
-    src_not_ports: Vec<String>,
-    dst_ports: Vec<String>,
-    dst_not_ports: Vec<String>,
+pub(crate) struct Checked<'r> {
+    pub(crate) rule: &'r Rule,
+    pub(crate) proto: Option<Proto>,
+    pub(crate) not_proto: Option<Proto>,
+    pub(crate) src_ports: Vec<PortRange>,
+    pub(crate) src_not_ports: Vec<PortRange>,
+    pub(crate) dst_ports: Vec<PortRange>,
+    pub(crate) dst_not_ports: Vec<PortRange>,
 }
 
-fn check(rule: &Rule) -> Result<Checked<'_>, RuleProblem> {
+/// Validates a rule: what the compiler accepts.
+pub(crate) fn check(rule: &Rule) -> Result<Checked<'_>, RuleProblem> {
     if let Some(v) = rule.ip_version
         && v != 4
         && v != 6
@@ -154,7 +181,7 @@ fn check(rule: &Rule) -> Result<Checked<'_>, RuleProblem> {
             version: v,
         });
     }
-    let ports = |list: &[String]| -> Result<Vec<String>, RuleProblem> {
+    let ports = |list: &[String]| -> Result<Vec<PortRange>, RuleProblem> {
         list.iter().map(|p| parse_port(p)).collect()
     };
     let (src_ports, src_not_ports, dst_ports, dst_not_ports) = (
@@ -317,7 +344,8 @@ fn render_for(
         (&c.dst_not_ports, "th dport !="),
     ] {
         if !ports.is_empty() {
-            add(&format!("{op} {}", one_or_set(ports)));
+            let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
+            add(&format!("{op} {}", one_or_set(&ports)));
         }
     }
     add(&match c.rule.action {

@@ -179,3 +179,34 @@ pub fn cluster_information(ready: bool) -> (String, Value) {
     });
     (key.to_string(), value)
 }
+
+/// A global resource of `kind` named `name` with `spec` (and `labels`, if any), as calicoctl
+/// writes it.
+fn global_resource(kind: Kind, name: &str, labels: Value, spec: Value) -> (String, Value) {
+    let key = ResourceKey {
+        kind,
+        namespace: None,
+        name: name.into(),
+    };
+    let value = json!({
+        "kind": kind.name(), "apiVersion": "projectcalico.org/v3",
+        "metadata": {"name": name, "labels": labels},
+        "spec": spec
+    });
+    (key.to_string(), value)
+}
+
+/// A `BGPPeer` named `name` with `spec` (`node`, `peerIP`, `asNumber`, ...).
+pub fn bgp_peer(name: &str, spec: Value) -> (String, Value) {
+    global_resource(Kind::BgpPeer, name, Value::Null, spec)
+}
+
+/// A `BGPConfiguration` (`default` or `node.<host>`) with `spec`.
+pub fn bgp_configuration(name: &str, spec: Value) -> (String, Value) {
+    global_resource(Kind::BgpConfiguration, name, Value::Null, spec)
+}
+
+/// A `Node` named `host` with `labels` and `spec.bgp` = `bgp`.
+pub fn node(host: &str, labels: Value, bgp: Value) -> (String, Value) {
+    global_resource(Kind::Node, host, labels, json!({"bgp": bgp}))
+}

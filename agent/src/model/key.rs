@@ -21,15 +21,24 @@ pub enum Kind {
     ClusterInformation,
     /// `felixconfigurations` (global): `default` and `node.<host>` carry `interfacePrefix`.
     FelixConfiguration,
+    /// `bgppeers` (global): peers for all nodes, one node, or the nodes a selector picks.
+    BgpPeer,
+    /// `bgpconfigurations` (global): `default` and `node.<host>` carry the AS and listen port.
+    BgpConfiguration,
+    /// `nodes` (global): this node's AS, BGP addresses and labels.
+    Node,
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [
+    const ALL: [Kind; 8] = [
         Kind::WorkloadEndpoint,
         Kind::NetworkPolicy,
         Kind::Profile,
         Kind::ClusterInformation,
         Kind::FelixConfiguration,
+        Kind::BgpPeer,
+        Kind::BgpConfiguration,
+        Kind::Node,
     ];
 
     /// The plural used in keys.
@@ -40,6 +49,9 @@ impl Kind {
             Kind::Profile => "profiles",
             Kind::ClusterInformation => "clusterinformations",
             Kind::FelixConfiguration => "felixconfigurations",
+            Kind::BgpPeer => "bgppeers",
+            Kind::BgpConfiguration => "bgpconfigurations",
+            Kind::Node => "nodes",
         }
     }
 
@@ -51,6 +63,9 @@ impl Kind {
             Kind::Profile => "Profile",
             Kind::ClusterInformation => "ClusterInformation",
             Kind::FelixConfiguration => "FelixConfiguration",
+            Kind::BgpPeer => "BGPPeer",
+            Kind::BgpConfiguration => "BGPConfiguration",
+            Kind::Node => "Node",
         }
     }
 
@@ -83,7 +98,7 @@ pub struct ResourceKey {
 /// Why a key is not one the agent reads.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
-    /// A kind the agent does not read (IP pools, BGP peers, ...): not an error, just ignored.
+    /// A kind the agent does not read (IP pools, tiers, ...): not an error, just ignored.
     #[error("kind {0:?} is not read by the agent")]
     IgnoredKind(String),
     /// A key under the resource prefix that does not have the right shape.

@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::bgp::{self, BgpConfiguration, BgpPeer, Node};
 use super::key::{EndpointId, Kind, ResourceKey};
 use super::selector::Selector;
 
@@ -32,6 +33,12 @@ pub enum Resource {
     ClusterInformation(ClusterInformation),
     /// Felix configuration (`default` or `node.<host>`).
     FelixConfiguration(FelixConfiguration),
+    /// A BGP peer (any node).
+    BgpPeer(BgpPeer),
+    /// BGP configuration (`default` or `node.<host>`).
+    BgpConfiguration(BgpConfiguration),
+    /// A node's BGP settings and labels.
+    Node(Node),
 }
 
 /// A MAC address.
@@ -431,10 +438,17 @@ pub fn decode(key: &ResourceKey, value: &[u8]) -> Result<Resource, Rejection> {
                 interface_prefix,
             }))
         }
+        Kind::BgpPeer => bgp::decode_peer(spec).map(Resource::BgpPeer),
+        Kind::BgpConfiguration => bgp::decode_config(spec).map(Resource::BgpConfiguration),
+        Kind::Node => {
+            let labels = object.metadata.labels.unwrap_or_default();
+            bgp::decode_node(spec, labels).map(Resource::Node)
+        }
     }
 }
 
-fn from_spec<T: serde::de::DeserializeOwned + Default>(
+/// A spec into its wire shape (`null`: the default); `what` names it in the rejection.
+pub(super) fn from_spec<T: serde::de::DeserializeOwned + Default>(
     spec: Value,
     what: impl Fn() -> String,
 ) -> Result<T, Rejection> {

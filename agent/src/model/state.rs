@@ -1,6 +1,6 @@
 //! The model's state: every valid resource by identity, what was last emitted (this node's
 //! endpoint views, the policies and profiles they use, the IP membership of every rule
-//! selector), and what changed since the last flush.
+//! selector, this node's BGP settings), and what changed since the last flush.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use tracing::{debug, warn};
 
+use super::bgp::{self, BgpConfiguration, BgpPeer, DatastoreBgp, Node};
 use super::key::{EndpointId, KeyError, Kind, ResourceKey, openstack_namespace};
 use super::resource::{self, Policy, PolicyId, Profile, Resource, WorkloadEndpoint};
 use super::selector::Selector;
@@ -98,6 +99,10 @@ pub enum ModelEvent {
     SelectorRemoved(SelectorId),
     /// Interface name prefixes of workload interfaces (FelixConfiguration `interfacePrefix`).
     InterfacePrefixes(Vec<String>),
+    /// BGP settings for this node from the datastore (Calico BGPConfiguration, this node's
+    /// Node, BGPPeers selecting it): once before the first `InSync` (even if empty), then
+    /// whenever they change.
+    Bgp(DatastoreBgp),
     /// `ClusterInformation.datastoreReady`: while false, no other event is emitted.
     DatastoreReady(bool),
     /// The first complete snapshot has been delivered.
@@ -148,6 +153,12 @@ pub struct Model {
     datastore_ready: Option<bool>,
     prefix_default: Option<Vec<String>>,
     prefix_node: Option<Vec<String>>,
+    /// BGPPeers by resource name (every node's: selection is done at flush).
+    bgp_peers: BTreeMap<String, BgpPeer>,
+    /// BGPConfiguration `node.<host>`, then `default`.
+    bgp_configs: [Option<BgpConfiguration>; 2],
+    /// This node's Node resource.
+    node: Option<Node>,
     rejected: BTreeMap<String, String>,
     source_errors: BTreeMap<String, String>,
     rejected_total: u64,
@@ -166,6 +177,7 @@ pub struct Model {
     memberships: HashMap<SelectorId, BTreeMap<IpNet, u32>>,
     emitted_ready: Option<bool>,
     emitted_prefixes: Option<Vec<String>>,
+    emitted_bgp: Option<DatastoreBgp>,
     emitted_in_sync: bool,
 }
 
@@ -181,6 +193,9 @@ impl Model {
             datastore_ready: None,
             prefix_default: None,
             prefix_node: None,
+            bgp_peers: BTreeMap::new(),
+            bgp_configs: [None, None],
+            node: None,
             rejected: BTreeMap::new(),
             source_errors: BTreeMap::new(),
             rejected_total: 0,
@@ -194,6 +209,7 @@ impl Model {
             memberships: HashMap::new(),
             emitted_ready: None,
             emitted_prefixes: None,
+            emitted_bgp: None,
             emitted_in_sync: false,
         }
     }
@@ -215,6 +231,10 @@ impl Model {
         };
         if key.kind.is_namespaced() && key.namespace.as_deref() != Some(self.namespace.as_str()) {
             debug!(key = %change.key, "ignoring a resource outside namespace {}", self.namespace);
+            return;
+        }
+        if !self.concerns_this_node(&key) {
+            debug!(key = %change.key, "ignoring another node's resource");
             return;
         }
         match &change.value {
@@ -288,6 +308,15 @@ impl Model {
                     *slot = config.interface_prefix;
                 }
             }
+            Resource::BgpPeer(peer) => {
+                self.bgp_peers.insert(key.name.clone(), peer);
+            }
+            Resource::BgpConfiguration(config) => {
+                if let Some(slot) = self.bgp_config_slot_for(&key.name) {
+                    *slot = Some(config);
+                }
+            }
+            Resource::Node(node) => self.node = Some(node),
         }
     }
 
@@ -319,7 +348,40 @@ impl Model {
                     *slot = None;
                 }
             }
+            Kind::BgpPeer => {
+                self.bgp_peers.remove(&key.name);
+            }
+            Kind::BgpConfiguration => {
+                if let Some(slot) = self.bgp_config_slot_for(&key.name) {
+                    *slot = None;
+                }
+            }
+            Kind::Node => self.node = None,
         }
+    }
+
+    /// Node resources and BGPConfigurations of other nodes are not read (so their problems
+    /// are not this node's); everything else is.
+    fn concerns_this_node(&self, key: &ResourceKey) -> bool {
+        match key.kind {
+            Kind::Node => key.name == self.config.hostname,
+            Kind::BgpConfiguration => self.bgp_config_index(&key.name).is_some(),
+            _ => true,
+        }
+    }
+
+    /// Index into `bgp_configs`: 0 for `node.<host>`, 1 for `default`.
+    fn bgp_config_index(&self, name: &str) -> Option<usize> {
+        if name.strip_prefix("node.") == Some(self.config.hostname.as_str()) {
+            Some(0)
+        } else {
+            (name == "default").then_some(1)
+        }
+    }
+
+    fn bgp_config_slot_for(&mut self, name: &str) -> Option<&mut Option<BgpConfiguration>> {
+        let index = self.bgp_config_index(name)?;
+        self.bgp_configs.get_mut(index)
     }
 
     fn felix_config_slot_for(&mut self, name: &str) -> Option<&mut Option<Vec<String>>> {
@@ -355,6 +417,17 @@ impl Model {
         if self.emitted_prefixes.as_ref() != Some(&prefixes) {
             self.emitted_prefixes = Some(prefixes.clone());
             events.push(ModelEvent::InterfacePrefixes(prefixes));
+        }
+        let [node_config, default_config] = &self.bgp_configs;
+        let bgp = bgp::for_node(
+            &self.config.hostname,
+            self.node.as_ref(),
+            [node_config.as_ref(), default_config.as_ref()],
+            &self.bgp_peers,
+        );
+        if self.emitted_bgp.as_ref() != Some(&bgp) {
+            self.emitted_bgp = Some(bgp.clone());
+            events.push(ModelEvent::Bgp(bgp));
         }
 
         let (endpoint_updates, endpoint_removals) = self.diff_local_endpoints();
@@ -656,10 +729,13 @@ fn apply_dirty(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::bgp::DatastorePeer;
     use crate::model::fixtures::{
-        Port, allow_all_egress, allow_tcp_from_group, cluster_information, sg_policy,
+        Port, allow_all_egress, allow_tcp_from_group, bgp_configuration, bgp_peer,
+        cluster_information, node, sg_policy,
     };
     use serde_json::{Value, json};
+    use std::net::IpAddr;
 
     const HOST: &str = "compute-01";
 
@@ -1149,5 +1225,165 @@ mod tests {
         let local: Vec<&LocalEndpoint> = m.local_endpoints().collect();
         assert_eq!(local.len(), 1);
         assert_eq!(local[0].policies.len(), 1);
+    }
+
+    fn bgp_events(events: &[ModelEvent]) -> Vec<DatastoreBgp> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                ModelEvent::Bgp(bgp) => Some(bgp.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn put_pair(m: &mut Model, (key, value): (String, Value)) -> String {
+        put(m, &key, &value);
+        key
+    }
+
+    #[test]
+    fn bgp_settings_are_emitted_at_start_and_when_they_change_for_this_node() {
+        let mut m = model();
+        let events = m.flush();
+        assert_eq!(bgp_events(&events), [DatastoreBgp::default()]);
+        let position = |f: fn(&ModelEvent) -> bool| events.iter().position(f);
+        assert!(
+            position(|e| matches!(e, ModelEvent::Bgp(_))) < position(|e| *e == ModelEvent::InSync)
+        );
+
+        let mine = put_pair(
+            &mut m,
+            bgp_peer(
+                "tor-a",
+                json!({"node": HOST, "peerIP": "192.0.2.1", "asNumber": 65001}),
+            ),
+        );
+        let peers = &bgp_events(&m.flush())[0].peers;
+        assert_eq!(
+            peers,
+            &[DatastorePeer {
+                name: "bgppeer/tor-a".into(),
+                address: "192.0.2.1".parse().unwrap(),
+                port: None,
+                asn: 65001,
+                source_address: None,
+                ttl_security_hops: None,
+                max_restart_time_s: None,
+                keep_original_next_hop: false,
+            }]
+        );
+        // Another node's peer, Node and BGPConfiguration: nothing for this node.
+        put_pair(
+            &mut m,
+            bgp_peer(
+                "tor-b",
+                json!({"node": "compute-02", "peerIP": "192.0.2.3", "asNumber": 65001}),
+            ),
+        );
+        put_pair(
+            &mut m,
+            node("compute-02", json!({"rack": "r1"}), json!({"asNumber": 1})),
+        );
+        put_pair(
+            &mut m,
+            bgp_configuration("node.compute-02", json!({"asNumber": 2})),
+        );
+        put_pair(
+            &mut m,
+            bgp_peer(
+                "rack-r1",
+                json!({"nodeSelector": "rack == 'r1'", "peerIP": "2001:db8::1", "asNumber": 65002}),
+            ),
+        );
+        assert!(bgp_events(&m.flush()).is_empty());
+
+        // This node's Node: labels select rack-r1; addresses become sources; its AS wins.
+        let node_key = put_pair(
+            &mut m,
+            node(
+                HOST,
+                json!({"rack": "r1"}),
+                json!({"asNumber": 65101,
+                "ipv4Address": "192.0.2.2/24", "ipv6Address": "2001:db8::2/64"}),
+            ),
+        );
+        put_pair(
+            &mut m,
+            bgp_configuration("default", json!({"asNumber": 64512, "listenPort": 1790})),
+        );
+        let bgp = bgp_events(&m.flush()).pop().unwrap();
+        assert_eq!(bgp.asn, Some(65101));
+        assert_eq!(bgp.router_id, Some("192.0.2.2".parse().unwrap()));
+        assert_eq!(bgp.listen_port, Some(1790));
+        let summary: Vec<(&str, Option<IpAddr>)> = bgp
+            .peers
+            .iter()
+            .map(|p| (p.name.as_str(), p.source_address))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("bgppeer/rack-r1", Some("2001:db8::2".parse().unwrap())),
+                ("bgppeer/tor-a", Some("192.0.2.2".parse().unwrap())),
+            ]
+        );
+        // The node-specific configuration's AS counts once the Node has none.
+        put_pair(
+            &mut m,
+            bgp_configuration(&format!("node.{HOST}"), json!({"asNumber": 64513})),
+        );
+        assert!(
+            bgp_events(&m.flush()).is_empty(),
+            "the Node's AS still wins"
+        );
+        delete(&mut m, &node_key);
+        let bgp = bgp_events(&m.flush()).pop().unwrap();
+        assert_eq!((bgp.asn, bgp.router_id), (Some(64513), None));
+        assert_eq!(
+            bgp.peers.len(),
+            1,
+            "no labels: rack-r1 no longer selects this node"
+        );
+        delete(&mut m, &mine);
+        assert_eq!(bgp_events(&m.flush()).pop().unwrap().peers, []);
+        assert!(m.status().rejected.is_empty());
+    }
+
+    #[test]
+    fn a_bad_bgp_peer_is_rejected_by_name_and_its_last_version_stays() {
+        let mut m = model();
+        let (key, good) = bgp_peer("tor-a", json!({"peerIP": "192.0.2.1", "asNumber": 65001}));
+        put(&mut m, &key, &good);
+        let before = bgp_events(&m.flush()).pop().unwrap();
+        let (_, bad) = bgp_peer(
+            "tor-a",
+            json!({"peerIP": "192.0.2.1", "asNumber": 65001,
+                   "password": {"secretKeyRef": {"name": "bgp", "key": "tor-a"}}}),
+        );
+        put(&mut m, &key, &bad);
+        let (other, node_to_node) =
+            bgp_peer("mesh", json!({"peerSelector": "all()", "asNumber": 64512}));
+        put(&mut m, &other, &node_to_node);
+        assert!(
+            bgp_events(&m.flush()).is_empty(),
+            "the last valid version stays"
+        );
+        let status = m.status();
+        assert_eq!(status.rejected.len(), 2, "{status:?}");
+        assert!(
+            status
+                .rejected
+                .iter()
+                .any(|r| r.key == key && r.reason.contains("spec.password"))
+        );
+        assert!(
+            status
+                .rejected
+                .iter()
+                .any(|r| r.key == other && r.reason.contains("peerSelector"))
+        );
+        delete(&mut m, &key);
+        assert_ne!(bgp_events(&m.flush()).pop().unwrap(), before);
     }
 }
