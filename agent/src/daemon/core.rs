@@ -22,12 +22,12 @@ use super::policy::{PolicyChange, PolicyHandle};
 use crate::api::ApiRequest;
 use crate::api::types::{
     DatastoreStatus, EndpointCounts, EndpointStatus, PeerCounts, PeerStatus, Rejected, RouteEntry,
-    RouteFilter, Status,
+    RouteFilter, Status, TraceQuery, TraceResult,
 };
 use crate::dataplane::{self, LearnedNextHop, LearnedRoute, ProgrammerHandle, TapState};
 use crate::datastore::status::{EndpointStatus as ReportedStatus, StatusUpdate};
 use crate::metrics::{Health, KindLabel, Metrics, PeerLabel, StateLabel};
-use crate::model::{EndpointId, LocalEndpoint, ModelEvent, ModelStatus};
+use crate::model::{DatastoreBgp, EndpointId, LocalEndpoint, ModelEvent, ModelStatus};
 use crate::systemd::Notifier;
 
 /// A local endpoint as the core keeps it.
@@ -59,17 +59,10 @@ pub struct CoreParts {
     pub health: Arc<Health>,
     /// systemd.
     pub notifier: Notifier,
-    /// How BGP starts once the dataplane is reconciled (`None`: no BGP).
-    pub bgp: Option<BgpStart>,
+    /// `[bgp]` of the configuration file (the datastore may add peers, or give the identity).
+    pub file_bgp: Option<crate::config::BgpConfig>,
     /// Whether the previous run left routes in the kernel.
     pub restarting: bool,
-}
-
-/// How to start the speaker.
-#[derive(Debug)]
-pub struct BgpStart {
-    /// `[bgp]` of the configuration.
-    pub config: crate::config::BgpConfig,
 }
 
 /// Why the core stopped.
@@ -108,7 +101,12 @@ pub struct Core {
     reported: HashMap<String, ReportedStatus>,
     speaker: Option<SpeakerHandle>,
     bgp_events: Option<mpsc::UnboundedReceiver<skog_bgp::RouteEvent>>,
+    /// The peers the speaker runs.
     peers: BTreeMap<String, PeerConfig>,
+    /// BGP settings from the datastore for this node.
+    datastore_bgp: DatastoreBgp,
+    /// Who the running speaker is.
+    identity: Option<peers::Identity>,
     /// When learned routes of a previous run may go even if BGP has not said it converged.
     learned_deadline: Option<tokio::time::Instant>,
     /// Whether the speaker advertises graceful restart.
@@ -134,6 +132,8 @@ impl Core {
             speaker: None,
             bgp_events: None,
             peers: BTreeMap::new(),
+            datastore_bgp: DatastoreBgp::default(),
+            identity: None,
             learned_deadline: None,
             graceful_restart: false,
             in_sync: false,
@@ -257,6 +257,12 @@ impl Core {
                     );
                 }
             }
+            ModelEvent::Bgp(bgp) => {
+                self.datastore_bgp = bgp;
+                if self.ready {
+                    self.apply_peer_changes().await;
+                }
+            }
             ModelEvent::InSync => {
                 if !self.in_sync {
                     self.in_sync = true;
@@ -299,30 +305,78 @@ impl Core {
         }
     }
 
+    /// Starts the speaker if the file or the datastore says who we are; without BGP, learned
+    /// routes a previous run left may go at once.
     async fn start_bgp(&mut self) {
-        let Some(bgp) = self.parts.bgp.take() else {
+        let file = self.parts.file_bgp.as_ref();
+        let Some(identity) = peers::identity(file, &self.datastore_bgp) else {
             self.program(self.parts.programmer.learned_complete().await);
             return;
         };
         let export: Vec<IpNet> = self.announced.iter().copied().collect();
-        let cfg = peers::speaker_config(&bgp.config, self.parts.restarting, export);
+        let desired = peers::desired(file, &self.datastore_bgp);
+        let cfg = peers::speaker_config(identity, file, &desired, self.parts.restarting, export);
         // Learned routes a previous run left stay until the speaker converged, at most the
         // restart time we advertise.
         let wait = cfg.graceful_restart.map_or(Duration::ZERO, |gr| {
             Duration::from_secs(gr.restart_time.into())
         });
-        self.learned_deadline = Some(tokio::time::Instant::now() + wait);
         self.graceful_restart = cfg.graceful_restart.is_some();
-        self.peers = peers::by_name(Some(&bgp.config));
         match skog_bgp::Speaker::start(cfg).await {
             Ok((handle, events)) => {
-                info!(peers = self.peers.len(), "BGP speaker started");
+                info!(
+                    asn = identity.asn,
+                    peers = desired.len(),
+                    "BGP speaker started"
+                );
+                self.learned_deadline = Some(tokio::time::Instant::now() + wait);
                 self.speaker = Some(handle);
                 self.bgp_events = Some(events);
+                self.identity = Some(identity);
+                self.peers = desired;
             }
             Err(e) => {
                 error!(error = %e, "cannot start the BGP speaker; routes are not announced");
                 self.parts.metrics.count_error("bgp");
+                self.program(self.parts.programmer.learned_complete().await);
+            }
+        }
+    }
+
+    /// Brings the running speaker's peers in line with the file and the datastore (or starts
+    /// the speaker if BGP has become configured).
+    async fn apply_peer_changes(&mut self) {
+        let file = self.parts.file_bgp.as_ref();
+        let Some(speaker) = self.speaker.clone() else {
+            self.start_bgp().await;
+            return;
+        };
+        if peers::identity(file, &self.datastore_bgp) != self.identity {
+            warn!("the BGP AS, router id or listen port changed; restart skogd to apply it");
+        }
+        let desired = peers::desired(file, &self.datastore_bgp);
+        let changes = peers::diff(&self.peers, &desired);
+        if changes.is_empty() {
+            return;
+        }
+        for name in &changes.remove {
+            match speaker.remove_peer(name).await {
+                Ok(()) => info!(peer = %name, "peer removed"),
+                Err(e) => warn!(peer = %name, error = %e, "cannot remove peer"),
+            }
+            self.peers.remove(name);
+        }
+        for peer in changes.add {
+            let name = peer.name.clone();
+            match speaker.add_peer(peer.clone()).await {
+                Ok(()) => {
+                    info!(peer = %name, "peer added");
+                    self.peers.insert(name, peer);
+                }
+                Err(e) => {
+                    error!(peer = %name, error = %e, "cannot add peer");
+                    self.parts.metrics.count_error("bgp");
+                }
             }
         }
     }
@@ -524,40 +578,12 @@ impl Core {
         }
     }
 
+    /// SIGHUP: the new file's peers (other keys take effect at the next start).
     async fn reload(&mut self, config: crate::config::Config) {
-        let Some(speaker) = &self.speaker else {
-            if let (Some(start), Some(bgp)) = (&mut self.parts.bgp, config.bgp) {
-                // BGP has not started yet: it will start with the new peers.
-                start.config = bgp;
-            }
-            info!("configuration reloaded");
-            return;
-        };
-        let new = peers::by_name(config.bgp.as_ref());
-        let changes = peers::diff(&self.peers, &new);
-        if changes.is_empty() {
-            info!("configuration reloaded; peers unchanged");
-            return;
-        }
-        for name in &changes.remove {
-            match speaker.remove_peer(name).await {
-                Ok(()) => info!(peer = %name, "peer removed"),
-                Err(e) => warn!(peer = %name, error = %e, "cannot remove peer"),
-            }
-            self.peers.remove(name);
-        }
-        for peer in changes.add {
-            let name = peer.name.clone();
-            match speaker.add_peer(peer.clone()).await {
-                Ok(()) => {
-                    info!(peer = %name, "peer added");
-                    self.peers.insert(name, peer);
-                }
-                Err(e) => {
-                    error!(peer = %name, error = %e, "cannot add peer");
-                    self.parts.metrics.count_error("bgp");
-                }
-            }
+        self.parts.file_bgp = config.bgp;
+        info!("configuration reloaded");
+        if self.ready {
+            self.apply_peer_changes().await;
         }
     }
 
@@ -616,8 +642,11 @@ impl Core {
                     let _ = reply.send(policy.show(interface).await);
                 });
             }
-            ApiRequest::PolicyTrace { reply, .. } => {
-                let _ = reply.send(Err("policy trace is not available yet".into()));
+            ApiRequest::PolicyTrace { query, reply } => {
+                let policy = self.parts.policy.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(trace(&policy, &query).await);
+                });
             }
         }
     }
@@ -677,6 +706,7 @@ impl Core {
             // Not started yet: the configured peers, idle.
             return self
                 .peers_configured()
+                .into_iter()
                 .map(|p| PeerStatus {
                     name: p.name.clone(),
                     address: p.address.to_string(),
@@ -714,8 +744,10 @@ impl Core {
         out
     }
 
-    fn peers_configured(&self) -> impl Iterator<Item = &crate::config::PeerConfig> {
-        self.parts.bgp.iter().flat_map(|b| b.config.peers.iter())
+    fn peers_configured(&self) -> Vec<PeerConfig> {
+        peers::desired(self.parts.file_bgp.as_ref(), &self.datastore_bgp)
+            .into_values()
+            .collect()
     }
 
     async fn routes(&self, filter: &RouteFilter) -> Result<Vec<RouteEntry>, String> {
@@ -842,6 +874,50 @@ impl Core {
             })
             .collect()
     }
+}
+
+/// `skogctl policy trace`: the compiler's input as it stands, this host's addresses (traffic
+/// to them is VM-to-host), and the pure evaluator.
+async fn trace(
+    policy: &super::policy::PolicyHandle,
+    query: &TraceQuery,
+) -> Result<TraceResult, String> {
+    let packet =
+        skog_policy::trace::TracePacket::parse(&query.src, &query.dst, &query.proto, query.port)
+            .map_err(|e| e.to_string())?;
+    let model = policy.model().await.ok_or("the policy task has stopped")?;
+    let host = host_addresses()
+        .await
+        .map_err(|e| format!("reading this host's addresses: {e}"))?;
+    let t = skog_policy::trace::trace(&model, &host, &packet).map_err(|e| e.to_string())?;
+    Ok(TraceResult {
+        verdict: t.verdict.to_string(),
+        rule: t.rule.map(|r| r.to_string()),
+        reason: t.reason,
+        path: t.path,
+    })
+}
+
+/// Every address of this host (of the namespace skogd runs in).
+async fn host_addresses() -> std::io::Result<Vec<std::net::IpAddr>> {
+    use futures::TryStreamExt;
+    use netlink_packet_route::address::AddressAttribute;
+    let (connection, handle, _) = rtnetlink::new_connection()?;
+    let task = tokio::spawn(connection);
+    let mut dump = handle.address().get().execute();
+    let mut out = Vec::new();
+    let result = loop {
+        match dump.try_next().await {
+            Ok(Some(msg)) => out.extend(msg.attributes.iter().filter_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })),
+            Ok(None) => break Ok(out),
+            Err(e) => break Err(std::io::Error::other(e.to_string())),
+        }
+    };
+    task.abort();
+    result
 }
 
 fn state_name(tap: TapState, error: bool) -> &'static str {

@@ -152,7 +152,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Exit, StartErro
         metrics,
         health,
         notifier,
-        bgp: config.bgp.map(|config| core::BgpStart { config }),
+        file_bgp: config.bgp,
         restarting: adopted > 0,
     });
     Ok(core

@@ -1,8 +1,12 @@
-//! BGP peers: the speaker's configuration from `skog.toml`, and what a reload changes.
+//! BGP peers: the speaker's configuration from `skog.toml` and from the datastore's Calico
+//! resources (BGPConfiguration, this node's Node, BGPPeers selecting it), and what a change of
+//! either does.
 //!
-//! A configuration reload never restarts the speaker: peers that are new are added, peers that
-//! are gone are removed, peers whose settings changed are removed and added again, and every
-//! other session is left alone.
+//! `[bgp]` in the file, when present, gives our AS and router id; otherwise the datastore's do
+//! (Node `asNumber`/`ipv4Address`, BGPConfiguration `asNumber`/`listenPort`). The peers are the
+//! file's plus the datastore's (named `bgppeer/<name>`, so they never clash). A change never
+//! restarts the speaker: peers that are new are added, peers that are gone are removed, peers
+//! whose settings changed are removed and added again, and every other session is left alone.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,18 +18,68 @@ use skog_bgp::config::{GracefulRestartConfig, ImportPolicy};
 use skog_bgp::{PeerConfig, SpeakerConfig};
 
 use crate::config::{self, BgpConfig};
+use crate::model::{DatastoreBgp, DatastorePeer};
+
+/// The restart time advertised when no configured peer sets one (BIRD's and FRR's default).
+const DEFAULT_RESTART_TIME: u16 = 120;
+
+/// Who the speaker is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// Our AS.
+    pub asn: u32,
+    /// Our router id.
+    pub router_id: std::net::Ipv4Addr,
+    /// Where to listen (0: not at all).
+    pub listen_port: u16,
+}
+
+/// Our identity: the file's `[bgp]`, else the datastore's AS and router id; `None` when
+/// neither has both (no BGP).
+pub fn identity(file: Option<&BgpConfig>, datastore: &DatastoreBgp) -> Option<Identity> {
+    match file {
+        Some(b) => Some(Identity {
+            asn: b.asn,
+            router_id: b.router_id,
+            listen_port: b.listen_port,
+        }),
+        None => Some(Identity {
+            asn: datastore.asn?,
+            router_id: datastore.router_id?,
+            listen_port: datastore.listen_port.unwrap_or(179),
+        }),
+    }
+}
+
+/// Every peer: the file's, then the datastore's, keyed by name.
+pub fn desired(file: Option<&BgpConfig>, datastore: &DatastoreBgp) -> BTreeMap<String, PeerConfig> {
+    file.into_iter()
+        .flat_map(|b| b.peers.iter().map(peer_config))
+        .chain(datastore.peers.iter().map(datastore_peer))
+        .map(|p| (p.name.clone(), p))
+        .collect()
+}
 
 /// The speaker's configuration. `restarting` says a previous run left routes in place (the
 /// R bit of graceful restart); `export` is what to announce from the first UPDATE on.
-pub fn speaker_config(bgp: &BgpConfig, restarting: bool, export: Vec<IpNet>) -> SpeakerConfig {
-    let peers: Vec<PeerConfig> = bgp.peers.iter().map(peer_config).collect();
-    let restart_time = bgp.peers.iter().map(|p| p.graceful_restart_s).max();
+pub fn speaker_config(
+    identity: Identity,
+    file: Option<&BgpConfig>,
+    peers: &BTreeMap<String, PeerConfig>,
+    restarting: bool,
+    export: Vec<IpNet>,
+) -> SpeakerConfig {
+    // The file's peers say what we advertise; datastore peers get the usual default.
+    let restart_time = match file {
+        Some(b) if !b.peers.is_empty() => b.peers.iter().map(|p| p.graceful_restart_s).max(),
+        _ => Some(DEFAULT_RESTART_TIME),
+    };
     SpeakerConfig {
-        asn: bgp.asn,
-        router_id: bgp.router_id,
-        listen: (bgp.listen_port != 0)
-            .then(|| SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, bgp.listen_port))),
-        peers,
+        asn: identity.asn,
+        router_id: identity.router_id,
+        listen: (identity.listen_port != 0)
+            .then(|| SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, identity.listen_port))),
+        peers: peers.values().cloned().collect(),
         graceful_restart: restart_time.filter(|t| *t > 0).map(|restart_time| {
             GracefulRestartConfig {
                 restart_time,
@@ -34,6 +88,26 @@ pub fn speaker_config(bgp: &BgpConfig, restarting: bool, export: Vec<IpNet>) -> 
         }),
         export,
     }
+}
+
+/// A BGPPeer from the datastore as the speaker takes it: the family of its address, the
+/// default route imported (RFC 8212), GTSM with its hop count.
+pub fn datastore_peer(p: &DatastorePeer) -> PeerConfig {
+    let mut peer = PeerConfig::new(p.name.clone(), p.address, p.asn);
+    if let Some(port) = p.port {
+        peer.port = port;
+    }
+    peer.local_address = p.source_address;
+    peer.families = vec![if p.address.is_ipv4() {
+        Family::Ipv4
+    } else {
+        Family::Ipv6
+    }];
+    if let Some(hops) = p.ttl_security_hops {
+        peer.ttl_security = true;
+        peer.multihop_ttl = (hops > 1).then_some(hops);
+    }
+    peer
 }
 
 /// One configured peer as the speaker takes it. The configuration was validated at load, so
@@ -117,15 +191,6 @@ pub fn diff(old: &BTreeMap<String, PeerConfig>, new: &BTreeMap<String, PeerConfi
     changes
 }
 
-/// The peers of a configuration, keyed by name.
-pub fn by_name(bgp: Option<&BgpConfig>) -> BTreeMap<String, PeerConfig> {
-    bgp.map(|b| b.peers.iter().map(peer_config))
-        .into_iter()
-        .flatten()
-        .map(|p| (p.name.clone(), p))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -147,7 +212,15 @@ mod tests {
     #[test]
     fn a_configured_peer_becomes_a_speaker_peer() {
         let cfg = bgp(TOR2);
-        let speaker = speaker_config(&cfg, true, Vec::new());
+        let none = DatastoreBgp::default();
+        let id = identity(Some(&cfg), &none).unwrap();
+        let speaker = speaker_config(
+            id,
+            Some(&cfg),
+            &desired(Some(&cfg), &none),
+            true,
+            Vec::new(),
+        );
         assert_eq!(
             speaker.graceful_restart,
             Some(GracefulRestartConfig {
@@ -168,19 +241,52 @@ mod tests {
 
     #[test]
     fn a_reload_touches_only_the_peers_that_changed() {
-        let before = by_name(Some(&bgp(&format!("{TOR1}{TOR2}"))));
-        let same = by_name(Some(&bgp(&format!("{TOR1}{TOR2}"))));
+        let by_name = |b: &BgpConfig| desired(Some(b), &DatastoreBgp::default());
+        let before = by_name(&bgp(&format!("{TOR1}{TOR2}")));
+        let same = by_name(&bgp(&format!("{TOR1}{TOR2}")));
         assert!(diff(&before, &same).is_empty());
 
         let tor1_changed = TOR1.replace("65001", "65009");
         let tor3 = TOR1
             .replace("tor1", "tor3")
             .replace("192.0.2.2", "192.0.2.4");
-        let after = by_name(Some(&bgp(&format!("{tor1_changed}{tor3}"))));
+        let after = by_name(&bgp(&format!("{tor1_changed}{tor3}")));
         let changes = diff(&before, &after);
         assert_eq!(changes.remove, ["tor1", "tor2"]);
         let added: Vec<_> = changes.add.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(added, ["tor1", "tor3"]);
         assert_eq!(changes.add[0].asn, 65009);
+    }
+
+    #[test]
+    fn datastore_peers_join_the_files_and_give_the_identity_without_a_bgp_table() {
+        let ds = DatastoreBgp {
+            asn: Some(64512),
+            router_id: Some("192.0.2.9".parse().unwrap()),
+            listen_port: None,
+            peers: vec![DatastorePeer {
+                name: "bgppeer/rack1-tor".into(),
+                address: "2001:db8:ffff::1".parse().unwrap(),
+                port: Some(1179),
+                asn: 65000,
+                source_address: None,
+                ttl_security_hops: Some(2),
+                max_restart_time_s: None,
+                keep_original_next_hop: false,
+            }],
+        };
+        let id = identity(None, &ds).unwrap();
+        assert_eq!((id.asn, id.listen_port), (64512, 179));
+        assert_eq!(identity(None, &DatastoreBgp::default()), None);
+        let file = bgp(TOR1);
+        // The file's identity wins; the peers add up.
+        assert_eq!(identity(Some(&file), &ds).unwrap().asn, 65002);
+        let peers = desired(Some(&file), &ds);
+        let names: Vec<_> = peers.keys().map(String::as_str).collect();
+        assert_eq!(names, ["bgppeer/rack1-tor", "tor1"]);
+        let p = &peers["bgppeer/rack1-tor"];
+        assert_eq!((p.port, p.families.as_slice()), (1179, &[Family::Ipv6][..]));
+        assert!(p.ttl_security);
+        assert_eq!(p.multihop_ttl, Some(2));
     }
 }
