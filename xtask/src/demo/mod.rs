@@ -42,7 +42,11 @@ pub fn run(keep: bool, file: bool) -> Result<()> {
     let bins = build()?;
     let started = Instant::now();
     let mut demo = Demo::start(bins, keep, file)?;
-    demo.show()?;
+    if let Err(e) = demo.show() {
+        // The testbed still goes; its skogd, BIRD and etcd logs stay for a look.
+        demo.cluster.tb.keep_logs();
+        return Err(e);
+    }
     demo.explore()?;
     let summary = demo.summary(started.elapsed());
     drop(demo);
@@ -162,13 +166,12 @@ impl Demo {
     }
 
     /// Prints the next step's header and its explanation.
-    fn next(&mut self, title: &str, explanation: &str) -> Result<()> {
+    fn next(&mut self, title: &str, explanation: &str) {
         self.step += 1;
         println!("\n[{}/{STEPS}] {title}", self.step);
         for line in explanation.lines() {
             println!("      {line}");
         }
-        Ok(())
     }
 
     fn topology(&mut self) -> Result<()> {
@@ -176,7 +179,7 @@ impl Demo {
             "Topology",
             "Network namespaces: a ToR running BIRD (AS 65000), hv1 and hv2 (AS 65001, 65002)\n\
              each with an uplink to it, two VMs per hypervisor. The taps are bare: skogd plumbs them.",
-        )?;
+        );
         let c = &self.cluster;
         println!(
             "      {:<4} {:<4} {:<15} {:<15} {:<18} groups",
@@ -223,10 +226,12 @@ impl Demo {
         self.next(
             &format!("Load {what}"),
             &format!(
-                "{explanation}\nSecurity group web: tcp/80 from anywhere, ssh (tcp/22) only from group admin, ping.\n\
-                 Security group admin: ping. Both allow all egress. One WorkloadEndpoint per VM."
+                "{explanation}\n\
+                 Security group web: tcp/80 from anywhere, ssh (tcp/22) only from group admin, ping.\n\
+                 Security group admin: ping. Both allow all egress.\n\
+                 One WorkloadEndpoint per VM: vm1, vm3, vm4 are web servers, vm2 the admins' jump host."
             ),
-        )?;
+        );
         let mut rs = vec![
             self.web_group(),
             security_group("admin", allow_ping().to_vec()),
@@ -246,7 +251,7 @@ impl Demo {
             "Start skogd on hv1 and hv2",
             "Each reads its skog.toml, syncs the datastore, programs routes and nftables for its\n\
              taps, and tells systemd READY=1 (a stand-in notify socket here).",
-        )?;
+        );
         let config = self.datastore.config();
         for hv in 0..self.cluster.hvs.len() {
             let path = self.cluster.write_config(hv, &config)?;
@@ -278,7 +283,7 @@ impl Demo {
         self.next(
             "BGP sessions",
             "Each skogd has an IPv4 and an IPv6 session to the ToR (skogctl peers).",
-        )?;
+        );
         self.cluster.wait_sessions()?;
         for hv in 0..self.cluster.hvs.len() {
             let socket = self.cluster.socket(hv)?;
@@ -296,7 +301,7 @@ impl Demo {
                  All were there {} ms after skogd started.",
                 self.timings.routes.as_millis()
             ),
-        )?;
+        );
         let ns = self.cluster.tor_ns()?;
         for args in [
             ["-4", "route", "show", "root", "198.51.100.0/24"],
@@ -312,7 +317,7 @@ impl Demo {
         self.next(
             "Ping across hypervisors",
             "vm1 (hv1) to vm3 (hv2): through hv1, the ToR and hv2, over IPv4 and IPv6.",
-        )?;
+        );
         let ns = self.cluster.vm_ns(VM1)?;
         for v6 in [false, true] {
             let to = self.cluster.vm_addr(VM3, v6)?;
@@ -338,7 +343,7 @@ impl Demo {
             "Security groups at work",
             "vm3 (web) listens on tcp/80, tcp/22 and tcp/8080. Each line: a TCP connection,\n\
              what the rules say, what happened.",
-        )?;
+        );
         let any = IpAddr::from([0u8; 4]);
         for port in [HTTP, SSH, ALT_HTTP] {
             let ns = self.cluster.vm_ns(VM3)?;
@@ -403,7 +408,7 @@ impl Demo {
             "A live security-group change",
             "web is rewritten in the datastore: tcp/8080 from anywhere added, ssh from admin\n\
              removed. skogd sees the change and patches the rules in place, timed below.",
-        )?;
+        );
         let mut rules = vec![allow_tcp(HTTP, None), allow_tcp(ALT_HTTP, None)];
         rules.extend(allow_ping());
         let web = security_group("web", rules);
@@ -453,7 +458,7 @@ impl Demo {
             "vm1 floods vm3 with pings (every 5 ms, 6 s) while skogd on hv1 is stopped (SIGTERM)\n\
              and started again. Routes and rules stay in the kernel, the ToR keeps hv1's routes\n\
              (graceful restart), the new skogd adopts what it finds: no packet is lost.",
-        )?;
+        );
         let ns = self.cluster.vm_ns(VM1)?;
         let to = self.cluster.vm_addr(VM3, false)?.to_string();
         println!(
