@@ -34,11 +34,15 @@ enum Task {
         #[arg(long)]
         all: bool,
     },
-    /// Build a small data centre in namespaces and show traffic flowing through it.
+    /// Setup, build skogd, then run it on two hypervisors in namespaces with a BIRD ToR and
+    /// show BGP, routes, security groups, a live change and a hitless restart.
     Demo {
-        /// Keep the topology up until Enter is pressed, and print commands to explore it.
+        /// Keep the topology up until Enter (or Ctrl-C), and print commands to explore it.
         #[arg(long)]
         keep: bool,
+        /// Use the file datastore (a resource directory) instead of etcd.
+        #[arg(long)]
+        file: bool,
     },
     /// Run every benchmark beside its reference; print a markdown table and write JSON.
     Bench {
@@ -73,7 +77,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Task::Demo { keep } => demo::run(keep),
+        Task::Demo { keep, file } => demo::run(keep, file),
         Task::Bench { quick } => bench::run(quick),
     }
 }
