@@ -368,6 +368,16 @@ fn file_datastore_endpoints_become_routes_rules_and_announcements_and_go_away() 
         kernel.contains(&("0.0.0.0/0".into(), "bgp".into())),
         "{kernel:?}"
     );
+    // Which rule decides: tcp/80 by web's first rule, tcp/22 by the default drop.
+    let (src, dst) = (bed.vm_v4(0).to_string(), bed.vm_v4(1).to_string());
+    let allowed = skogctl_json(&bed.socket(1), &["policy", "trace", &src, &dst, "tcp/80"]).unwrap();
+    assert_eq!(allowed["verdict"], "allow", "{allowed}");
+    assert!(
+        allowed["rule"].as_str().unwrap().contains("ingress rule 0"),
+        "{allowed}"
+    );
+    let dropped = skogctl_json(&bed.socket(1), &["policy", "trace", &src, &dst, "tcp/22"]).unwrap();
+    assert_eq!(dropped["verdict"], "drop", "{dropped}");
     let status = skogctl_json(&bed.socket(1), &["status"]).unwrap();
     assert_eq!(status["datastore"]["state"], "in-sync", "{status}");
     assert_eq!(status["peers"]["established"], 2, "{status}");
@@ -431,11 +441,27 @@ fn etcd_restart_loses_no_packet_and_sighup_changes_only_the_changed_peer() {
         let ep = bed.endpoint(i, &["web"]);
         put(&bed, &ep.key(), &ep.value());
     }
+    // hv2's IPv6 session comes from a Calico BGPPeer for its node, not from its file.
+    let tor_v6 = bed.tb.hv(bed.hvs[1]).unwrap().uplinks[0].tor_v6;
+    put(
+        &bed,
+        "/calico/resources/v3/projectcalico.org/bgppeers/tor1-v6",
+        &serde_json::json!({
+            "kind": "BGPPeer", "apiVersion": "projectcalico.org/v3",
+            "metadata": {"name": "tor1-v6"},
+            "spec": {"node": bed.node(1), "peerIP": tor_v6.to_string(), "asNumber": TOR_ASN}
+        }),
+    );
     let datastore = format!("[datastore]\ntype = \"etcd\"\nendpoints = [\"{url}\"]");
     let mut configs = Vec::new();
     let mut notifies = Vec::new();
     for i in 0..2 {
-        let config = bed.config(i, &datastore, &["tor1-v4", "tor1-v6"]);
+        let file_peers: &[&str] = if i == 0 {
+            &["tor1-v4", "tor1-v6"]
+        } else {
+            &["tor1-v4"]
+        };
+        let config = bed.config(i, &datastore, file_peers);
         let (path, socket) = notify_socket(&bed.dir(), &bed.node(i));
         bed.start_skogd(i, "skogd", &config, &path);
         configs.push(config);
@@ -448,6 +474,7 @@ fn etcd_restart_loses_no_packet_and_sighup_changes_only_the_changed_peer() {
         let prefix = format!("{}/32", bed.vm_v4(i));
         wait_until("VM route at the ToR", CONVERGE, || bed.tor_has(&prefix)).unwrap();
     }
+    wait_established(&bed.socket(1), &["bgppeer/tor1-v6", "tor1-v4"]);
     // Status write-back as Felix does it: the port is up.
     let port = bed.endpoint(0, &[]).port;
     wait_until("endpoint status up in etcd", CONVERGE, || {
