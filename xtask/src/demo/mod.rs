@@ -59,20 +59,6 @@ pub fn run(keep: bool, file: bool) -> Result<()> {
 fn build() -> Result<Binaries> {
     let mut build = cargo();
     build.args(["build", "-p", "skog-agent", "--bins"]);
-    // `cargo run` gave us xtask's package variables; build scripts that watch them (ring's)
-    // would otherwise rebuild here and again on the next plain `cargo build`.
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        if key.starts_with("CARGO_PKG_")
-            || key.starts_with("CARGO_MANIFEST_")
-            || matches!(
-                key.as_ref(),
-                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
-            )
-        {
-            build.env_remove(key.as_ref());
-        }
-    }
     step(
         "cargo build -p skog-agent --bins (skogd, skogctl)",
         &mut build,
