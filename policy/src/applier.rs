@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::diff;
+use crate::diff::{self, Op};
 use crate::names::{FAMILY, TABLE};
-use crate::netlink::{ElementChange, ElementOp, SetElementWriter};
+use crate::netlink::NfWriter;
 use crate::nft::{Nft, NftError};
 use crate::ruleset::{Patch, Ruleset};
 
@@ -48,6 +48,9 @@ pub enum ApplyOutcome {
     Incremental { script_bytes: usize },
     /// Only set elements changed; sent over nfnetlink as one batch of this many messages.
     Elements { messages: usize },
+    /// Chains, rules, sets or maps changed; sent over nfnetlink as one batch of this many
+    /// messages.
+    Netlink { messages: usize },
     /// The whole table was replaced in one transaction.
     Replaced { why: ReplaceReason },
 }
@@ -69,24 +72,34 @@ pub enum ReplaceReason {
 #[derive(Debug)]
 pub struct Applier {
     nft: Nft,
-    elements: Option<SetElementWriter>,
+    netlink: Option<NfWriter>,
     applied: Option<Ruleset>,
+    /// Digests of the rules of each chain as the kernel held them right after this applier
+    /// wrote them (needs the nfnetlink writer); `None` until known.
+    digests: Option<BTreeMap<String, u64>>,
 }
 
 impl Applier {
     pub fn new(nft: Nft) -> Applier {
         Applier {
             nft,
-            elements: None,
+            netlink: None,
             applied: None,
+            digests: None,
         }
     }
 
-    /// Sends changes that only add or delete set elements over nfnetlink (opened in the same
-    /// namespace as `nft` runs in) instead of through `nft`.
-    pub fn with_set_element_writer(mut self, writer: SetElementWriter) -> Applier {
-        self.elements = Some(writer);
+    /// Sends changes over nfnetlink (the writer must be opened in the namespace `nft` runs
+    /// in) instead of through `nft`, whenever every rule of the change can be encoded; `nft`
+    /// stays the fallback. Also enables the drift check by rule content.
+    pub fn with_netlink(mut self, writer: NfWriter) -> Applier {
+        self.netlink = Some(writer);
         self
+    }
+
+    /// The former name of [`Applier::with_netlink`] (the writer once wrote set elements only).
+    pub fn with_set_element_writer(self, writer: NfWriter) -> Applier {
+        self.with_netlink(writer)
     }
 
     /// The ruleset in force (as far as this applier knows).
@@ -111,41 +124,41 @@ impl Applier {
         let Some(old) = &self.applied else {
             return Err(ApplyError::NothingApplied);
         };
-        if let (Some(writer), Some(changes)) = (&mut self.elements, element_changes(old, patch)) {
-            if changes.is_empty() {
-                return Ok(ApplyOutcome::Unchanged);
-            }
-            match writer.apply(&changes) {
-                Ok(()) => {
-                    if let Some(applied) = &mut self.applied {
-                        applied.apply_patch(patch);
-                    }
-                    return Ok(ApplyOutcome::Elements {
-                        messages: changes.len(),
-                    });
-                }
-                // Fall back to nft, which reports in detail.
-                Err(e) => tracing::warn!(error = %e, "set element update over nfnetlink failed"),
-            }
-        }
-        let Some(old) = &self.applied else {
-            return Err(ApplyError::NothingApplied);
-        };
-        let Some(script) = diff::script(old, patch) else {
+        let Some(ops) = diff::ops(old, patch) else {
             let mut desired = old.clone();
             desired.apply_patch(patch);
             return self
                 .replace(&desired, ReplaceReason::StructureChanged)
                 .await;
         };
-        if script.is_empty() {
+        if ops.is_empty() {
             return Ok(ApplyOutcome::Unchanged);
         }
+        if let Some(writer) = &mut self.netlink {
+            let only_elements = ops
+                .iter()
+                .all(|op| matches!(op, Op::AddElements { .. } | Op::DeleteElements { .. }));
+            match send_ops(writer, &ops) {
+                Ok(messages) => {
+                    self.record_patch(patch);
+                    return Ok(if only_elements {
+                        ApplyOutcome::Elements { messages }
+                    } else {
+                        ApplyOutcome::Netlink { messages }
+                    });
+                }
+                // Fall back to nft, which reports in detail.
+                Err(e) => {
+                    tracing::warn!(error = %e, "update over nfnetlink not applied; using nft")
+                }
+            }
+        }
+        let Some(script) = diff::script(old, patch) else {
+            return Err(ApplyError::NothingApplied);
+        };
         match self.nft.run_script(&script).await {
             Ok(()) => {
-                if let Some(applied) = &mut self.applied {
-                    applied.apply_patch(patch);
-                }
+                self.record_patch(patch);
                 Ok(ApplyOutcome::Incremental {
                     script_bytes: script.len(),
                 })
@@ -166,23 +179,66 @@ impl Applier {
         }
     }
 
+    /// Notes a patch as applied: the record, and the digests of the chains it rewrote.
+    fn record_patch(&mut self, patch: &Patch) {
+        if let Some(applied) = &mut self.applied {
+            applied.apply_patch(patch);
+        }
+        let (Some(writer), Some(digests)) = (&mut self.netlink, &mut self.digests) else {
+            return;
+        };
+        for (name, chain) in &patch.chains {
+            digests.remove(name);
+            if chain.is_none() {
+                continue;
+            }
+            match writer.rule_digests(Some(name)) {
+                Ok(live) => digests.extend(live),
+                Err(e) => {
+                    tracing::warn!(error = %e, chain = %name, "reading rules back failed");
+                    self.digests = None;
+                    return;
+                }
+            }
+        }
+    }
+
     async fn replace(
         &mut self,
         desired: &Ruleset,
         why: ReplaceReason,
     ) -> Result<ApplyOutcome, ApplyError> {
-        self.nft
-            .run_script(&desired.full_script())
-            .await
-            .map_err(ApplyError::Apply)?;
+        let mut sent = false;
+        if let Some(writer) = &mut self.netlink {
+            match send_ops(writer, &diff::replace_ops(desired)) {
+                Ok(_) => sent = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "table replacement over nfnetlink not applied; using nft")
+                }
+            }
+        }
+        if !sent {
+            self.nft
+                .run_script(&desired.full_script())
+                .await
+                .map_err(ApplyError::Apply)?;
+        }
         if self.applied.as_ref() != Some(desired) {
             self.applied = Some(desired.clone());
         }
+        self.digests = match &mut self.netlink {
+            Some(writer) => writer
+                .rule_digests(None)
+                .inspect_err(|e| tracing::warn!(error = %e, "reading rules back failed"))
+                .ok(),
+            None => None,
+        };
         Ok(ApplyOutcome::Replaced { why })
     }
 
     /// Checks the kernel's table against what was applied and replaces it if they differ
-    /// (a flushed table, a deleted chain or set, missing elements). Returns what it did.
+    /// (a flushed table, a deleted chain or set, missing elements, and with the nfnetlink
+    /// writer also a rule changed in place). Returns what it did.
     pub async fn refresh(&mut self) -> Result<ApplyOutcome, ApplyError> {
         let Some(applied) = self.applied.clone() else {
             return Ok(ApplyOutcome::Unchanged);
@@ -197,7 +253,26 @@ impl Applier {
             Err(NftError::Failed { .. }) => Shape::default(),
             Err(e) => return Err(ApplyError::ReadBack(e.to_string())),
         };
-        match Shape::of(&applied).difference(&live) {
+        let mut drift = Shape::of(&applied).difference(&live);
+        if drift.is_none()
+            && let Some(writer) = &mut self.netlink
+        {
+            let live = writer
+                .rule_digests(None)
+                .map_err(|e| ApplyError::ReadBack(e.to_string()))?;
+            match &self.digests {
+                Some(recorded) => {
+                    drift = applied
+                        .chains
+                        .keys()
+                        .find(|name| recorded.get(*name) != live.get(*name))
+                        .map(|name| format!("rules of chain {name} differ from those applied"));
+                }
+                // Not known yet (reading back failed after the last change): from now on.
+                None => self.digests = Some(live),
+            }
+        }
+        match drift {
             None => Ok(ApplyOutcome::Unchanged),
             Some(what) => {
                 tracing::warn!(%what, "nftables drift; replacing table {FAMILY} {TABLE}");
@@ -207,34 +282,13 @@ impl Applier {
     }
 }
 
-/// The nfnetlink messages for `patch` if it only changes elements of existing sets.
-fn element_changes(old: &Ruleset, patch: &Patch) -> Option<Vec<ElementChange>> {
-    if !patch.chains.is_empty() || !patch.maps.is_empty() {
-        return None;
+/// Sends `ops` as one nfnetlink batch; fails without sending if a rule cannot be encoded.
+fn send_ops(writer: &mut NfWriter, ops: &[Op<'_>]) -> Result<usize, String> {
+    let mut batch = writer.batch();
+    for op in ops {
+        batch.push(op).map_err(|e| e.to_string())?;
     }
-    let mut changes = Vec::new();
-    for (name, new) in &patch.sets {
-        let (Some(new), Some(prev)) = (new, old.sets.get(name)) else {
-            return None;
-        };
-        if new.v6 != prev.v6 {
-            return None;
-        }
-        for (op, elements) in [
-            (ElementOp::Delete, prev.elements.difference(&new.elements)),
-            (ElementOp::Add, new.elements.difference(&prev.elements)),
-        ] {
-            let elements: Vec<_> = elements.copied().collect();
-            if !elements.is_empty() {
-                changes.push(ElementChange {
-                    op,
-                    set: name.clone(),
-                    elements,
-                });
-            }
-        }
-    }
-    Some(changes)
+    writer.send(batch).map_err(|e| e.to_string())
 }
 
 /// What the drift check compares: chains with their rule counts, sets and maps with their

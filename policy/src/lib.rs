@@ -11,12 +11,14 @@
 pub mod applier;
 pub mod compile;
 pub mod diff;
+pub mod expr;
 pub mod model;
 pub mod names;
 pub mod netlink;
 pub mod nft;
 pub mod rule;
 pub mod ruleset;
+mod wire;
 
 pub use applier::{Applier, ApplyError, ApplyOutcome};
 pub use compile::{CompileError, Compiled, Problem, compile};
