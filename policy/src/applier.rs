@@ -1,14 +1,19 @@
 //! Keeps Skog's table in the kernel in step with the desired [`Ruleset`].
 //!
-//! The applier remembers the ruleset it last applied successfully. Every change is one nft
+//! The applier remembers the ruleset it last applied successfully. Every change is one
 //! transaction: the first apply (start-up) replaces the table atomically, so whatever an
 //! earlier run left stays in force until the new rules are in (no window without rules); later
-//! applies send the incremental [`diff::script`]. A failed transaction changes nothing in the
-//! kernel; the applier then tries one full replacement (the failure may come from drift) and
-//! reports the error if that fails too, keeping its record of what is in force.
-//! [`Applier::refresh`] compares the kernel's table with the record (chains, rule counts, set and
-//! map element counts) and replaces the table when they differ. Nothing is removed on shutdown,
-//! and no other table is ever read or written.
+//! applies send only what changed ([`diff::ops`]). With an nfnetlink writer attached
+//! ([`Applier::with_netlink`]) the transaction is one nfnetlink batch; `nft -f` is the fallback
+//! when a rule cannot be encoded or the kernel refuses the batch (nft then reports in detail).
+//! A failed transaction changes nothing in the kernel; the applier then tries one full
+//! replacement (the failure may come from drift) and reports the error if that fails too,
+//! keeping its record of what is in force.
+//!
+//! [`Applier::refresh`] compares the kernel's table with the record (chains, rule counts, set
+//! and map element counts; with the writer also the rules' content, as digests read back
+//! right after each write) and replaces the table when they differ. Nothing is removed on
+//! shutdown, and no other table is ever read or written.
 
 use std::collections::BTreeMap;
 
@@ -187,18 +192,18 @@ impl Applier {
         let (Some(writer), Some(digests)) = (&mut self.netlink, &mut self.digests) else {
             return;
         };
-        for (name, chain) in &patch.chains {
+        for name in patch.chains.keys() {
             digests.remove(name);
-            if chain.is_none() {
-                continue;
-            }
-            match writer.rule_digests(Some(name)) {
-                Ok(live) => digests.extend(live),
-                Err(e) => {
-                    tracing::warn!(error = %e, chain = %name, "reading rules back failed");
-                    self.digests = None;
-                    return;
-                }
+        }
+        let written = patch
+            .chains
+            .iter()
+            .filter_map(|(name, chain)| chain.as_ref().map(|_| name));
+        match writer.chain_digests(written) {
+            Ok(live) => digests.extend(live),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading rules back failed");
+                self.digests = None;
             }
         }
     }
@@ -228,7 +233,7 @@ impl Applier {
         }
         self.digests = match &mut self.netlink {
             Some(writer) => writer
-                .rule_digests(None)
+                .chain_digests(desired.chains.keys())
                 .inspect_err(|e| tracing::warn!(error = %e, "reading rules back failed"))
                 .ok(),
             None => None,
@@ -258,7 +263,7 @@ impl Applier {
             && let Some(writer) = &mut self.netlink
         {
             let live = writer
-                .rule_digests(None)
+                .chain_digests(applied.chains.keys())
                 .map_err(|e| ApplyError::ReadBack(e.to_string()))?;
             match &self.digests {
                 Some(recorded) => {

@@ -239,10 +239,10 @@ pub fn lower(rule: &str) -> Result<Lowered, Unsupported> {
             return Err(unsupported(&format!("{t:?}")));
         };
         l.word(w)?;
-        if matches!(l.out.exprs.last(), Some(Expr::Verdict(_))) {
-            if let Some(extra) = l.tokens.next() {
-                return Err(unsupported(&format!("{extra:?}")));
-            }
+        if matches!(l.out.exprs.last(), Some(Expr::Verdict(_)))
+            && let Some(extra) = l.tokens.next()
+        {
+            return Err(unsupported(&format!("{extra:?}")));
         }
     }
     Ok(l.out)
@@ -1054,6 +1054,34 @@ mod tests {
         );
         let l = lower("ip saddr { 198.51.100.13/32, 198.51.100.14/32 } return").unwrap();
         assert_eq!(l.sets[0].elements.len(), 3, "adjacent members merge");
+    }
+
+    /// Rule texts are ours, but the lowering must not panic on any text: every prefix and
+    /// every single-byte corruption of real rules is lowered or refused.
+    #[test]
+    fn no_text_makes_it_panic() {
+        let rules = [
+            "meta nfproto ipv4 meta l4proto tcp ip saddr @sel4-ba0a00158374616b th dport != { 25, 5000-5999 } meta mark set meta mark | 0x00010000 return",
+            "iifname \"tap*\" ip daddr 169.254.169.254 tcp dport 80 dnat ip to 127.0.0.1:8775",
+            "icmpv6 type { mld-listener-query, nd-neighbor-advert } accept",
+            "meta mark & 0x00020000 == 0 jump pol-1c692cfd0ae6315b-in",
+            "ip6 saddr 2001:db8:100::d oifname != \"tap*\" snat ip6 to 2001:db8:200::d",
+            "meta l4proto udp log prefix \"skog pol 0: \"",
+        ];
+        let noise = [
+            '{', '}', '"', ' ', '-', '/', ':', ',', '@', '!', '\u{e9}', '0', 'f',
+        ];
+        for rule in rules {
+            assert!(lower(rule).is_ok(), "{rule}");
+            for (i, _) in rule.char_indices() {
+                let _ = lower(&rule[..i]);
+                for c in noise {
+                    let mut mutated = rule.to_owned();
+                    mutated.replace_range(i..i + 1, &c.to_string());
+                    let _ = lower(&mutated);
+                }
+            }
+        }
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! - [`model`]: the input (endpoints, policies, selector membership, settings).
 //! - [`compile`]: the pure compiler from model to [`Ruleset`].
 //! - [`ruleset`]: the desired table content as data, and its full text.
-//! - [`diff`]: the nft script that turns one ruleset into another, sending only what changed.
+//! - [`diff`]: the operations (and nft script) that turn one ruleset into another.
 //! - [`nft`]: running `nft -f -` with a timeout, captured stderr, optionally in a namespace.
-//! - [`netlink`]: set element changes straight over nfnetlink (the fast path).
+//! - [`expr`]: rule text lowered to nf_tables expressions (what nft would send for it).
+//! - [`netlink`]: every change as one nfnetlink batch (the fast path), and reading rules back.
 //! - [`applier`]: keeps the kernel in step (adopt, incremental apply, drift repair).
 
 pub mod applier;
