@@ -245,7 +245,56 @@ pub fn lower(rule: &str) -> Result<Lowered, Unsupported> {
             return Err(unsupported(&format!("{extra:?}")));
         }
     }
+    merge_payloads(&mut l.out.exprs);
     Ok(l.out)
+}
+
+/// nft's payload merging: two adjacent equality matches on neighbouring header fields of the
+/// same base (e.g. `udp sport 68 udp dport 67`, `icmpv6 type 128 icmpv6 code 0`) become one
+/// load and one comparison when the merged field is at most 4 bytes.
+fn merge_payloads(exprs: &mut Vec<Expr>) {
+    let mut i = 0;
+    while i + 3 < exprs.len() {
+        if let [
+            Expr::Payload {
+                base: b1,
+                offset: o1,
+                len: l1,
+            },
+            Expr::Cmp {
+                op: CMP_EQ,
+                data: d1,
+            },
+            Expr::Payload {
+                base: b2,
+                offset: o2,
+                len: l2,
+            },
+            Expr::Cmp {
+                op: CMP_EQ,
+                data: d2,
+            },
+        ] = &exprs[i..i + 4]
+            && b1 == b2
+            && *o2 == o1 + l1
+            && l1 + l2 <= 4
+        {
+            let merged = [
+                Expr::Payload {
+                    base: *b1,
+                    offset: *o1,
+                    len: l1 + l2,
+                },
+                Expr::Cmp {
+                    op: CMP_EQ,
+                    data: [d1.as_slice(), d2.as_slice()].concat(),
+                },
+            ];
+            exprs.splice(i..i + 4, merged);
+            continue;
+        }
+        i += 1;
+    }
 }
 
 fn proto_number(name: &str) -> Option<u8> {

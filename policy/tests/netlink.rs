@@ -1,5 +1,6 @@
 //! The nfnetlink writer against a real kernel, inside a hypervisor namespace of a test bed:
-//! what it writes lists exactly as what `nft -f` writes for the same text, changes go over it
+//! what it writes lists exactly as (and is held in the kernel byte for byte as) what `nft -f`
+//! writes for the same text, changes go over it
 //! in one transaction, a refused batch changes nothing, and a rule replaced in place by
 //! someone else is noticed and repaired.
 
@@ -78,6 +79,7 @@ fn netlink_written_tables_list_as_nft_written_ones() {
         std::fs::write(&file, ruleset.full_script()).unwrap();
         ns.run(&["nft", "-f", file.to_str().unwrap()]).unwrap();
         let by_nft = list(ns);
+        let nft_digests = w.chain_digests(ruleset.chains.keys()).unwrap();
         ns.run(&["nft", "delete table inet skog"]).unwrap();
         let mut batch = w.batch();
         for op in diff::replace_ops(&ruleset) {
@@ -85,6 +87,15 @@ fn netlink_written_tables_list_as_nft_written_ones() {
         }
         w.send(batch).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(list(ns), by_nft, "{name}");
+        let our_digests = w.chain_digests(ruleset.chains.keys()).unwrap();
+        for (chain, d) in &nft_digests {
+            if our_digests.get(chain) != Some(d) {
+                eprintln!(
+                    "{name}: chain {chain} differs: {:?}",
+                    ruleset.chains[chain].rules
+                );
+            }
+        }
         ns.run(&["nft", "delete table inet skog"]).unwrap();
     }
     std::fs::remove_file(&file).unwrap();
