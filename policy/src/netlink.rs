@@ -89,6 +89,9 @@ pub struct Batch {
     set_ids: HashMap<String, u32>,
     next_set_id: u32,
     last_message_at: Option<usize>,
+    /// Encoded expressions of rules without anonymous sets, by text (many endpoint chains
+    /// share rules; the set ids they may contain are fixed within one batch).
+    encoded: HashMap<String, Vec<u8>>,
 }
 
 impl Batch {
@@ -110,6 +113,7 @@ impl Batch {
             set_ids: HashMap::new(),
             next_set_id: 1,
             last_message_at: None,
+            encoded: HashMap::new(),
         }
     }
 
@@ -344,6 +348,11 @@ impl Batch {
     }
 
     fn add_rule(&mut self, chain: &str, rule: &str) -> Result<(), Unsupported> {
+        if let Some(exprs) = self.encoded.get(rule) {
+            let exprs = exprs.clone();
+            self.rule_message(chain, rule, &exprs);
+            return Ok(());
+        }
         let lowered = expr::lower(rule)?;
         let mut anon_ids = Vec::new();
         for set in &lowered.sets {
@@ -387,16 +396,23 @@ impl Batch {
         let named = |n: &str| set_ids.get(n).copied();
         let mut exprs = Vec::new();
         expr::encode_exprs(&mut exprs, &lowered.exprs, &anon_ids, &named);
+        self.rule_message(chain, rule, &exprs);
+        if lowered.sets.is_empty() {
+            self.encoded.insert(rule.to_owned(), exprs);
+        }
+        Ok(())
+    }
+
+    fn rule_message(&mut self, chain: &str, rule: &str, exprs: &[u8]) {
         self.message(
             NFT_MSG_NEWRULE,
             NLM_F_CREATE | NLM_F_APPEND,
             || format!("rule {rule:?} in chain {chain}"),
             |m| {
                 attr_str(m, 2, chain);
-                nested(m, 4, |e| e.extend_from_slice(&exprs));
+                nested(m, 4, |e| e.extend_from_slice(exprs));
             },
         );
-        Ok(())
     }
 
     /// The bytes to send: the last message asks for an ack, then the end of the batch.
