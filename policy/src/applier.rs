@@ -10,9 +10,11 @@
 //! replacement (the failure may come from drift) and reports the error if that fails too,
 //! keeping its record of what is in force.
 //!
-//! [`Applier::refresh`] compares the kernel's table with the record (chains, rule counts, set
-//! and map element counts; with the writer also the rules' content, as digests read back
-//! right after each write) and replaces the table when they differ. Nothing is removed on
+//! [`Applier::refresh`] compares the kernel's table with the record and replaces the table
+//! when they differ. With the writer it reads the table over nfnetlink ([`live`]): chains,
+//! set and map elements by content, and each chain's rules as a digest compared with the one
+//! read back right after Skog wrote the chain. Without it, it compares `nft -j list` counts
+//! (chains, rules per chain, elements per set and map). Nothing is removed on
 //! shutdown, and no other table is ever read or written.
 
 use std::collections::BTreeMap;
@@ -20,8 +22,9 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::diff::{self, Op};
+use crate::live;
 use crate::names::{FAMILY, TABLE};
-use crate::netlink::NfWriter;
+use crate::netlink::{NetlinkError, NfWriter};
 use crate::nft::{Nft, NftError};
 use crate::ruleset::{Patch, Ruleset};
 
@@ -242,41 +245,51 @@ impl Applier {
     }
 
     /// Checks the kernel's table against what was applied and replaces it if they differ
-    /// (a flushed table, a deleted chain or set, missing elements, and with the nfnetlink
-    /// writer also a rule changed in place). Returns what it did.
+    /// (a flushed table, a deleted chain or set, missing elements; with the nfnetlink writer
+    /// also a rule or an element changed in place). Returns what it did.
     pub async fn refresh(&mut self) -> Result<ApplyOutcome, ApplyError> {
         let Some(applied) = self.applied.clone() else {
             return Ok(ApplyOutcome::Unchanged);
         };
-        let live = match self
-            .nft
-            .output(&["-j", "list", "table", FAMILY, TABLE])
-            .await
-        {
-            Ok(json) => Shape::from_json(&json)?,
-            // A missing table is drift too; any other failure is reported by the replace.
-            Err(NftError::Failed { .. }) => Shape::default(),
-            Err(e) => return Err(ApplyError::ReadBack(e.to_string())),
-        };
-        let mut drift = Shape::of(&applied).difference(&live);
-        if drift.is_none()
-            && let Some(writer) = &mut self.netlink
-        {
-            let live = writer
-                .chain_digests(applied.chains.keys())
-                .map_err(|e| ApplyError::ReadBack(e.to_string()))?;
-            match &self.digests {
-                Some(recorded) => {
-                    drift = applied
-                        .chains
-                        .keys()
-                        .find(|name| recorded.get(*name) != live.get(*name))
-                        .map(|name| format!("rules of chain {name} differ from those applied"));
+        let drift = match &mut self.netlink {
+            Some(writer) => {
+                let read = |e: NetlinkError| ApplyError::ReadBack(e.to_string());
+                let table = writer.read_table().map_err(read)?;
+                match live::difference(&applied, &table) {
+                    Some(what) => Some(what),
+                    None => {
+                        let digests = writer.chain_digests(applied.chains.keys()).map_err(read)?;
+                        match &self.digests {
+                            Some(recorded) => applied
+                                .chains
+                                .keys()
+                                .find(|name| recorded.get(*name) != digests.get(*name))
+                                .map(|name| {
+                                    format!("rules of chain {name} differ from those applied")
+                                }),
+                            // Unknown (reading back failed after the last change): from now on.
+                            None => {
+                                self.digests = Some(digests);
+                                None
+                            }
+                        }
+                    }
                 }
-                // Not known yet (reading back failed after the last change): from now on.
-                None => self.digests = Some(live),
             }
-        }
+            None => {
+                let live = match self
+                    .nft
+                    .output(&["-j", "list", "table", FAMILY, TABLE])
+                    .await
+                {
+                    Ok(json) => Shape::from_json(&json)?,
+                    // A missing table is drift too; any other failure is reported by the replace.
+                    Err(NftError::Failed { .. }) => Shape::default(),
+                    Err(e) => return Err(ApplyError::ReadBack(e.to_string())),
+                };
+                Shape::of(&applied).difference(&live)
+            }
+        };
         match drift {
             None => Ok(ApplyOutcome::Unchanged),
             Some(what) => {

@@ -66,6 +66,18 @@ impl Verdict {
         }
     }
 
+    /// The verdict of a kernel verdict code (and chain, for jump and goto).
+    pub fn from_code(code: i32, chain: Option<String>) -> Option<Verdict> {
+        Some(match (code, chain) {
+            (0, None) => Verdict::Drop,
+            (1, None) => Verdict::Accept,
+            (-5, None) => Verdict::Return,
+            (-3, Some(c)) => Verdict::Jump(c),
+            (-4, Some(c)) => Verdict::Goto(c),
+            _ => return None,
+        })
+    }
+
     /// Parses `accept`, `drop`, `return`, `jump <chain>`, `goto <chain>` (map element values).
     pub fn parse(text: &str) -> Option<Verdict> {
         let mut words = text.split_whitespace();

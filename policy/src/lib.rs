@@ -7,12 +7,14 @@
 //! - [`nft`]: running `nft -f -` with a timeout, captured stderr, optionally in a namespace.
 //! - [`expr`]: rule text lowered to nf_tables expressions (what nft would send for it).
 //! - [`netlink`]: every change as one nfnetlink batch (the fast path), and reading rules back.
+//! - [`live`]: reading the table back over nfnetlink (drift by content).
 //! - [`applier`]: keeps the kernel in step (adopt, incremental apply, drift repair).
 
 pub mod applier;
 pub mod compile;
 pub mod diff;
 pub mod expr;
+pub mod live;
 pub mod model;
 pub mod names;
 pub mod netlink;

@@ -7,8 +7,7 @@
 //! verdict maps and their elements, rules (lowered by [`crate::expr`]), flushes and deletes.
 //! A rule outside the lowered grammar makes [`Batch::push`] fail: the caller uses `nft` then.
 //!
-//! It also dumps the rules of the table ([`NfWriter::chain_digests`]), so that the applier can
-//! notice a rule replaced in place by someone else.
+//! [`crate::live`] reads the table back through the same socket.
 //!
 //! The kernel handles a netlink message while `send` runs, so every answer is queued on the
 //! socket when `send` returns: reading never blocks, and no timeout is needed. Only the last
@@ -18,8 +17,7 @@
 //! address, and an element flagged `INTERVAL_END` keyed by the address after the last (none
 //! when the range ends at the top of the address space).
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{DefaultHasher, Hasher};
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -44,7 +42,6 @@ const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
-const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSET: u16 = 9;
 const NFT_MSG_DELSET: u16 = 11;
@@ -602,42 +599,31 @@ impl NfWriter {
         }
     }
 
-    /// A digest of the rules of each of `chains` of Skog's table as the kernel holds them
-    /// (their expressions and user data, in order). Chains without rules are absent.
-    ///
-    /// One dump per chain: the kernel restarts a table-wide rule dump from its first rule
-    /// for every 32 KiB chunk, which costs more at 25,000 rules than 5,000 small dumps.
-    pub fn chain_digests<'c>(
+    /// Runs a dump request (`msg` with the table and what `fill` adds) and returns the
+    /// attributes of every answer, in order.
+    pub(crate) fn dump(
         &mut self,
-        chains: impl IntoIterator<Item = &'c String>,
-    ) -> Result<BTreeMap<String, u64>, NetlinkError> {
-        let mut out = BTreeMap::new();
-        for chain in chains {
-            out.extend(self.rule_digests(chain)?);
-        }
-        Ok(out)
-    }
-
-    /// The digest of the rules of `chain` (absent if it has none).
-    fn rule_digests(&mut self, chain: &str) -> Result<BTreeMap<String, u64>, NetlinkError> {
+        msg: u16,
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Vec<Vec<u8>>, NetlinkError> {
         while self.recv_datagram()?.is_some() {}
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
         let mut request = Vec::new();
         wire::message(
             &mut request,
-            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE,
+            (NFNL_SUBSYS_NFTABLES << 8) | msg,
             NLM_F_REQUEST | NLM_F_DUMP,
             seq,
             NFPROTO_INET,
             0,
             |m| {
                 attr_str(m, 1, TABLE);
-                attr_str(m, 2, chain);
+                fill(m);
             },
         );
         self.socket.send(&request, 0)?;
-        let mut hashers: BTreeMap<String, DefaultHasher> = BTreeMap::new();
+        let mut out = Vec::new();
         loop {
             let Some(datagram) = self.recv_datagram()? else {
                 return Err(NetlinkError::Incomplete { sent: 1 });
@@ -647,36 +633,15 @@ impl NfWriter {
                     continue;
                 }
                 match msg.ty {
-                    wire::NLMSG_DONE => {
-                        return Ok(hashers.into_iter().map(|(c, h)| (c, h.finish())).collect());
-                    }
+                    wire::NLMSG_DONE => return Ok(out),
                     wire::NLMSG_ERROR => {
                         let errno = wire::error_code(msg.body).ok_or(NetlinkError::Malformed)?;
                         return Err(NetlinkError::Refused {
-                            what: "the rule dump".to_owned(),
+                            what: "a dump request".to_owned(),
                             error: std::io::Error::from_raw_os_error(errno),
                         });
                     }
-                    _ => {
-                        let attrs = msg
-                            .body
-                            .get(4..)
-                            .and_then(wire::attrs)
-                            .ok_or(NetlinkError::Malformed)?;
-                        let Some((_, name)) = attrs.iter().find(|(t, _)| *t == 2) else {
-                            continue;
-                        };
-                        let name = String::from_utf8_lossy(name.strip_suffix(&[0]).unwrap_or(name));
-                        let h = hashers.entry(name.into_owned()).or_default();
-                        for (ty, payload) in &attrs {
-                            // Expressions and user data; not the handle or position.
-                            if matches!(ty, 4 | 7) {
-                                h.write_u16(*ty);
-                                h.write(payload);
-                            }
-                        }
-                        h.write_u8(0xff);
-                    }
+                    _ => out.push(msg.body.get(4..).ok_or(NetlinkError::Malformed)?.to_vec()),
                 }
             }
         }

@@ -172,7 +172,7 @@ async fn changes_go_over_netlink_and_a_refused_batch_changes_nothing() {
 }
 
 #[tokio::test]
-async fn a_rule_replaced_in_place_is_drift_and_repaired() {
+async fn changes_in_place_are_drift_and_repaired() {
     let tb = bed("pol_nl_drift");
     let ns = ns(&tb);
     let mut applier = Applier::new(Nft::new().in_netns(ns.name())).with_netlink(writer(ns));
@@ -183,37 +183,67 @@ async fn a_rule_replaced_in_place_is_drift_and_repaired() {
         &scenarios::sg_policy_id("web"),
         skog_policy::names::Direction::Ingress,
     );
-    for (chain, replacement) in [
-        // Same number of rules, one of them now allows everything.
-        (
-            web_in.as_str(),
-            "meta mark set meta mark | 0x00010000 return",
-        ),
-        // A base chain.
-        ("forward", "iifname \"tap*\" accept"),
-    ] {
+    let second_rule = |chain: &str| {
         let listed = ns
             .run(&["nft", "-a", "list", "chain", "inet", "skog", chain])
             .unwrap();
-        let handle = listed
+        listed
             .lines()
             .filter_map(|l| l.split("# handle ").nth(1))
             .nth(1)
             .unwrap()
             .trim()
-            .to_owned();
-        ns.run(&[
-            "nft",
-            &format!("replace rule inet skog {chain} handle {handle} {replacement}"),
-        ])
-        .unwrap();
-        assert_ne!(list(ns), good);
+            .to_owned()
+    };
+    let default4 = skog_policy::names::selector_set(&scenarios::sg_selector("default"), false);
+    let damages: Vec<(&str, String)> = vec![
+        (
+            // Same number of rules, one of them now allows everything.
+            "a policy rule replaced",
+            format!(
+                "replace rule inet skog {web_in} handle {} meta mark set meta mark | 0x00010000 return",
+                second_rule(&web_in)
+            ),
+        ),
+        (
+            "a base chain rule replaced",
+            format!(
+                "replace rule inet skog forward handle {} iifname \"tap*\" accept",
+                second_rule("forward")
+            ),
+        ),
+        (
+            "a set element swapped",
+            format!(
+                "delete element inet skog {default4} {{ 198.51.100.30 }}; add element inet skog {default4} {{ 198.51.100.31 }}"
+            ),
+        ),
+        (
+            "a map element pointed elsewhere",
+            "delete element inet skog to-vm { \"tap00000000-01\" }; add element inet skog to-vm { \"tap00000000-01\" : goto to-tap00000000-00 }".to_owned(),
+        ),
+        ("flushed table", "flush table inet skog".to_owned()),
+        ("deleted table", "delete table inet skog".to_owned()),
+    ];
+    for (what, damage) in damages {
+        ns.run(&["nft", &damage]).unwrap();
+        let damaged = ns.run(&["nft", "list", "table", "inet", "skog"]).ok();
+        assert_ne!(damaged.as_ref(), Some(&good), "{what}");
         let out = applier.refresh().await.unwrap();
         assert!(
-            matches!(&out, ApplyOutcome::Replaced { why: ReplaceReason::Drift(what) } if what.contains(chain)),
-            "{chain}: {out:?}"
+            matches!(
+                &out,
+                ApplyOutcome::Replaced {
+                    why: ReplaceReason::Drift(_)
+                }
+            ),
+            "{what}: {out:?}"
         );
-        assert_eq!(list(ns), good, "{chain}");
-        assert_eq!(applier.refresh().await.unwrap(), ApplyOutcome::Unchanged);
+        assert_eq!(list(ns), good, "{what}");
+        assert_eq!(
+            applier.refresh().await.unwrap(),
+            ApplyOutcome::Unchanged,
+            "{what}"
+        );
     }
 }
