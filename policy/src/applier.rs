@@ -161,9 +161,7 @@ impl Applier {
                 }
             }
         }
-        let Some(script) = diff::script(old, patch) else {
-            return Err(ApplyError::NothingApplied);
-        };
+        let script = diff::render(&ops);
         match self.nft.run_script(&script).await {
             Ok(()) => {
                 self.record_patch(patch);

@@ -219,9 +219,14 @@ pub fn replace_ops(r: &Ruleset) -> Vec<Op<'_>> {
 
 /// The incremental nft script for `patch` over `old`; empty when the patch changes nothing.
 pub fn script(old: &Ruleset, patch: &Patch) -> Option<String> {
+    ops(old, patch).map(|ops| render(&ops))
+}
+
+/// `ops` as one nft script.
+pub fn render(ops: &[Op<'_>]) -> String {
     let t = format!("{FAMILY} {TABLE}");
     let mut s = String::new();
-    for op in ops(old, patch)? {
+    for op in ops {
         let _ = match op {
             Op::ReplaceTable => writeln!(s, "add table {t}\ndelete table {t}\nadd table {t}"),
             Op::AddChain { name, hook: None } => writeln!(s, "add chain {t} {name}"),
@@ -244,7 +249,11 @@ pub fn script(old: &Ruleset, patch: &Patch) -> Option<String> {
                 writeln!(s, "add map {t} {name} {}", Ruleset::MAP_DECLARATION)
             }
             Op::AddMapElements { map, elements } => {
-                writeln!(s, "add element {t} {map} {}", map_elements_text(elements))
+                writeln!(
+                    s,
+                    "add element {t} {map} {}",
+                    map_elements_text(elements.iter().copied())
+                )
             }
             Op::DeleteMapElements { map, keys } => {
                 let keys = keys.iter().map(|k| format!("\"{k}\""));
@@ -255,7 +264,7 @@ pub fn script(old: &Ruleset, patch: &Patch) -> Option<String> {
             Op::DeleteSet { name } => writeln!(s, "delete set {t} {name}"),
         };
     }
-    Some(s)
+    s
 }
 
 /// The names a patch removes that exist in `old`.

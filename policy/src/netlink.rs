@@ -432,10 +432,11 @@ impl Batch {
     }
 }
 
-fn unsupported(token: &str) -> Unsupported {
+/// A hook declaration or map verdict outside what the encoder knows.
+fn unsupported(text: &str) -> Unsupported {
     Unsupported {
-        rule: String::new(),
-        token: token.to_owned(),
+        rule: text.to_owned(),
+        token: text.to_owned(),
     }
 }
 
