@@ -5,7 +5,8 @@
 //! - [`ruleset`]: the desired table content as data, and its full text.
 //! - [`diff`]: the operations (and nft script) that turn one ruleset into another.
 //! - [`nft`]: running `nft -f -` with a timeout, captured stderr, optionally in a namespace.
-//! - [`expr`]: rule text lowered to nf_tables expressions (what nft would send for it).
+//! - [`lower`]: rule text lowered to nf_tables expressions (what nft would send for it).
+//! - [`expr`]: those expressions and their netlink encoding.
 //! - [`netlink`]: every change as one nfnetlink batch (the fast path), and reading rules back.
 //! - [`live`]: reading the table back over nfnetlink (drift by content).
 //! - [`applier`]: keeps the kernel in step (adopt, incremental apply, drift repair).
@@ -15,6 +16,7 @@ pub mod compile;
 pub mod diff;
 pub mod expr;
 pub mod live;
+pub mod lower;
 pub mod model;
 pub mod names;
 pub mod netlink;

@@ -24,7 +24,8 @@ use ipnet::IpNet;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 use crate::diff::Op;
-use crate::expr::{self, Unsupported, Verdict};
+use crate::expr::{self, Verdict};
+use crate::lower::{self, Unsupported};
 use crate::names::TABLE;
 use crate::ruleset::AddressSet;
 use crate::wire::{self, attr, attr_be32, attr_str, nested};
@@ -350,7 +351,7 @@ impl Batch {
             self.rule_message(chain, rule, &exprs);
             return Ok(());
         }
-        let lowered = expr::lower(rule)?;
+        let lowered = lower::lower(rule)?;
         let mut anon_ids = Vec::new();
         for set in &lowered.sets {
             let id = self.new_set_id();
