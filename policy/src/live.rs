@@ -12,6 +12,7 @@ use std::hash::{DefaultHasher, Hasher};
 use ipnet::IpNet;
 
 use crate::expr::Verdict;
+use crate::names::TABLE;
 use crate::netlink::{NetlinkError, NfWriter};
 use crate::ruleset::Ruleset;
 use crate::wire::{self, attr_str};
@@ -186,6 +187,10 @@ impl NfWriter {
         };
         for answer in chains {
             let attrs = wire::attrs(&answer).ok_or(NetlinkError::Malformed)?;
+            // The kernel lists the chains of every inet table here: keep Skog's.
+            if get(&attrs, 1).map(string).as_deref() != Some(TABLE) {
+                continue;
+            }
             if let Some(name) = get(&attrs, 3) {
                 live.chains.insert(string(name));
             }
@@ -194,6 +199,9 @@ impl NfWriter {
         for answer in set_answers {
             let attrs = wire::attrs(&answer).ok_or(NetlinkError::Malformed)?;
             let flags = get(&attrs, 3).and_then(be32).unwrap_or(0);
+            if get(&attrs, 1).map(string).as_deref() != Some(TABLE) {
+                continue;
+            }
             if let Some(name) = get(&attrs, 2)
                 && flags & NFT_SET_ANONYMOUS == 0
             {
@@ -298,5 +306,14 @@ mod tests {
         let mut bad = element.clone();
         bad[0] = 0xff;
         assert!(decode_elements(&[bad], false).is_none());
+        // Every byte of a real answer set to every value.
+        for at in 0..element.len() {
+            for value in 0..=255u8 {
+                let mut mutated = element.clone();
+                mutated[at] = value;
+                let _ = decode_elements(std::slice::from_ref(&mutated), true);
+                let _ = decode_elements(std::slice::from_ref(&mutated), false);
+            }
+        }
     }
 }

@@ -144,6 +144,18 @@ mod tests {
             let _ = attrs(&buf[..cut]);
         }
         assert!(messages(&[0xff; 40]).is_none());
+        for at in 0..buf.len() {
+            for value in 0..=255u8 {
+                let mut mutated = buf.clone();
+                mutated[at] = value;
+                if let Some(msgs) = messages(&mutated) {
+                    for m in msgs {
+                        let _ = error_code(m.body);
+                        let _ = attrs(m.body);
+                    }
+                }
+            }
+        }
         let msgs = messages(&buf).unwrap();
         assert_eq!(error_code(msgs[0].body), Some(17));
     }

@@ -105,6 +105,12 @@ fn netlink_written_tables_list_as_nft_written_ones() {
 async fn changes_go_over_netlink_and_a_refused_batch_changes_nothing() {
     let tb = bed("pol_nl_apply");
     let ns = ns(&tb);
+    // A table of someone else's, which must survive everything Skog does.
+    ns.run(&["nft", "add table inet neutron; add chain inet neutron keep { type filter hook forward priority 10; }; add rule inet neutron keep ip saddr 192.0.2.9 counter"])
+        .unwrap();
+    let foreign = ns
+        .run(&["nft", "list", "table", "inet", "neutron"])
+        .unwrap();
     let mut applier = Applier::new(Nft::new().in_netns(ns.name())).with_netlink(writer(ns));
     let mut model = scenarios::openstack_basic();
     applier
@@ -169,6 +175,11 @@ async fn changes_go_over_netlink_and_a_refused_batch_changes_nothing() {
     let err = w.send(batch).unwrap_err().to_string();
     assert!(err.contains("jump no-such-chain"), "{err}");
     assert_eq!(list(ns), before);
+    assert_eq!(
+        ns.run(&["nft", "list", "table", "inet", "neutron"])
+            .unwrap(),
+        foreign
+    );
 }
 
 #[tokio::test]
