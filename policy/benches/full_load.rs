@@ -1,15 +1,17 @@
 //! Full load of 1,000 endpoints x 20 rules with remote-group sets: Skog (compile + one atomic
-//! replacement) beside `nft -f` of the same table text, both into an empty namespace table.
+//! replacement over nfnetlink + reading the rules back for the drift check) beside `nft -f` of
+//! the same table text, both into an empty namespace table.
 
 // A benchmark fails loudly: unwrap is the right tool here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use skog_policy::{Applier, Nft, compile};
+use skog_policy::netlink::NfWriter;
+use skog_policy::{Applier, ApplyOutcome, Nft, compile};
 
 fn main() {
-    let (_tb, ns) = common::bed("bench_full");
+    let (tb, ns) = common::bed("bench_full");
     let n = if common::quick() { 3 } else { 15 };
     let model = common::cloud(1000);
     let nft = Nft::new()
@@ -23,10 +25,19 @@ fn main() {
     // Interleaved so both see the same machine load.
     for _ in 0..n {
         rt.block_on(nft.run_script(clear)).unwrap();
+        let writer = tb
+            .hv(skog_testbed::HvId(0))
+            .unwrap()
+            .ns()
+            .enter(NfWriter::open)
+            .unwrap()
+            .unwrap();
+        let mut applier = Some(Applier::new(nft.clone()).with_netlink(writer));
         skog.extend(common::time_n(1, |_| {
             let ruleset = compile(&model).unwrap().ruleset;
-            let mut applier = Applier::new(nft.clone());
-            rt.block_on(applier.apply(&ruleset)).unwrap();
+            let mut applier = applier.take().unwrap();
+            let out = rt.block_on(applier.apply(&ruleset)).unwrap();
+            assert!(matches!(out, ApplyOutcome::Replaced { .. }), "{out:?}");
         }));
         rt.block_on(nft.run_script(clear)).unwrap();
         reference.extend(common::time_n(1, |_| {

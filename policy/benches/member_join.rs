@@ -8,7 +8,7 @@ mod common;
 
 use skog_policy::compile::selector_patch;
 use skog_policy::names::selector_set;
-use skog_policy::netlink::SetElementWriter;
+use skog_policy::netlink::NfWriter;
 use skog_policy::{Applier, Nft, compile};
 
 fn main() {
@@ -23,10 +23,10 @@ fn main() {
         .hv(skog_testbed::HvId(0))
         .unwrap()
         .ns()
-        .enter(SetElementWriter::open)
+        .enter(NfWriter::open)
         .unwrap()
         .unwrap();
-    let mut applier = Applier::new(nft.clone()).with_set_element_writer(writer);
+    let mut applier = Applier::new(nft.clone()).with_netlink(writer);
     rt.block_on(applier.apply(&compile(&model).unwrap().ruleset))
         .unwrap();
     let selector = common::sg_selector(common::DEFAULT_SG);

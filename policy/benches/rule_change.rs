@@ -1,6 +1,6 @@
 //! One rule changed in a security group used by 100 endpoints (in a table of 1,000): Skog
-//! (the policy's patch, its script, one transaction rewriting the group's chain) beside
-//! `nft -f` of the same flush-and-refill text.
+//! (the policy's patch, one nfnetlink transaction rewriting the group's chain, reading it back
+//! for the drift check) beside `nft -f` of the same flush-and-refill text.
 
 // A benchmark fails loudly: unwrap is the right tool here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -8,10 +8,11 @@
 mod common;
 
 use skog_policy::compile::policy_patch;
-use skog_policy::{Applier, Nft, compile, diff};
+use skog_policy::netlink::NfWriter;
+use skog_policy::{Applier, ApplyOutcome, Nft, compile, diff};
 
 fn main() {
-    let (_tb, ns) = common::bed("bench_rule");
+    let (tb, ns) = common::bed("bench_rule");
     let n = if common::quick() { 5 } else { 50 };
     let mut model = common::cloud(1000);
     // Endpoints 1..=100 also share group "shared".
@@ -27,7 +28,14 @@ fn main() {
         .in_netns(&ns)
         .with_timeout(std::time::Duration::from_secs(60));
     let rt = common::runtime();
-    let mut applier = Applier::new(nft.clone());
+    let writer = tb
+        .hv(skog_testbed::HvId(0))
+        .unwrap()
+        .ns()
+        .enter(NfWriter::open)
+        .unwrap()
+        .unwrap();
+    let mut applier = Applier::new(nft.clone()).with_netlink(writer);
     rt.block_on(applier.apply(&compile(&model).unwrap().ruleset))
         .unwrap();
     let mut scripts = Vec::new();
@@ -38,9 +46,10 @@ fn main() {
         let before = applier.applied().cloned().unwrap();
         let started = std::time::Instant::now();
         let (patch, _) = policy_patch(&model, &shared, applier.applied().unwrap()).unwrap();
-        rt.block_on(applier.apply_patch(&patch)).unwrap();
+        let out = rt.block_on(applier.apply_patch(&patch)).unwrap();
         skog.push(started.elapsed());
         // The same text, for the reference run.
+        assert!(matches!(out, ApplyOutcome::Netlink { .. }), "{out:?}");
         scripts.push(diff::script(&before, &patch).unwrap());
     }
     skog.sort();

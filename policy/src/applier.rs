@@ -1,22 +1,30 @@
 //! Keeps Skog's table in the kernel in step with the desired [`Ruleset`].
 //!
-//! The applier remembers the ruleset it last applied successfully. Every change is one nft
+//! The applier remembers the ruleset it last applied successfully. Every change is one
 //! transaction: the first apply (start-up) replaces the table atomically, so whatever an
 //! earlier run left stays in force until the new rules are in (no window without rules); later
-//! applies send the incremental [`diff::script`]. A failed transaction changes nothing in the
-//! kernel; the applier then tries one full replacement (the failure may come from drift) and
-//! reports the error if that fails too, keeping its record of what is in force.
-//! [`Applier::refresh`] compares the kernel's table with the record (chains, rule counts, set and
-//! map element counts) and replaces the table when they differ. Nothing is removed on shutdown,
-//! and no other table is ever read or written.
+//! applies send only what changed ([`diff::ops`]). With an nfnetlink writer attached
+//! ([`Applier::with_netlink`]) the transaction is one nfnetlink batch; `nft -f` is the fallback
+//! when a rule cannot be encoded or the kernel refuses the batch (nft then reports in detail).
+//! A failed transaction changes nothing in the kernel; the applier then tries one full
+//! replacement (the failure may come from drift) and reports the error if that fails too,
+//! keeping its record of what is in force.
+//!
+//! [`Applier::refresh`] compares the kernel's table with the record and replaces the table
+//! when they differ. With the writer it reads the table over nfnetlink ([`live`]): chains,
+//! set and map elements by content, and each chain's rules as a digest compared with the one
+//! read back right after Skog wrote the chain. Without it, it compares `nft -j list` counts
+//! (chains, rules per chain, elements per set and map). Nothing is removed on
+//! shutdown, and no other table is ever read or written.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::diff;
+use crate::diff::{self, Op};
+use crate::live;
 use crate::names::{FAMILY, TABLE};
-use crate::netlink::{ElementChange, ElementOp, SetElementWriter};
+use crate::netlink::{NetlinkError, NfWriter};
 use crate::nft::{Nft, NftError};
 use crate::ruleset::{Patch, Ruleset};
 
@@ -48,6 +56,9 @@ pub enum ApplyOutcome {
     Incremental { script_bytes: usize },
     /// Only set elements changed; sent over nfnetlink as one batch of this many messages.
     Elements { messages: usize },
+    /// Chains, rules, sets or maps changed; sent over nfnetlink as one batch of this many
+    /// messages.
+    Netlink { messages: usize },
     /// The whole table was replaced in one transaction.
     Replaced { why: ReplaceReason },
 }
@@ -69,23 +80,28 @@ pub enum ReplaceReason {
 #[derive(Debug)]
 pub struct Applier {
     nft: Nft,
-    elements: Option<SetElementWriter>,
+    netlink: Option<NfWriter>,
     applied: Option<Ruleset>,
+    /// Digests of the rules of each chain as the kernel held them right after this applier
+    /// wrote them (needs the nfnetlink writer); `None` until known.
+    digests: Option<BTreeMap<String, u64>>,
 }
 
 impl Applier {
     pub fn new(nft: Nft) -> Applier {
         Applier {
             nft,
-            elements: None,
+            netlink: None,
             applied: None,
+            digests: None,
         }
     }
 
-    /// Sends changes that only add or delete set elements over nfnetlink (opened in the same
-    /// namespace as `nft` runs in) instead of through `nft`.
-    pub fn with_set_element_writer(mut self, writer: SetElementWriter) -> Applier {
-        self.elements = Some(writer);
+    /// Sends changes over nfnetlink (the writer must be opened in the namespace `nft` runs
+    /// in) instead of through `nft`, whenever every rule of the change can be encoded; `nft`
+    /// stays the fallback. Also enables the drift check by rule content.
+    pub fn with_netlink(mut self, writer: NfWriter) -> Applier {
+        self.netlink = Some(writer);
         self
     }
 
@@ -111,41 +127,39 @@ impl Applier {
         let Some(old) = &self.applied else {
             return Err(ApplyError::NothingApplied);
         };
-        if let (Some(writer), Some(changes)) = (&mut self.elements, element_changes(old, patch)) {
-            if changes.is_empty() {
-                return Ok(ApplyOutcome::Unchanged);
-            }
-            match writer.apply(&changes) {
-                Ok(()) => {
-                    if let Some(applied) = &mut self.applied {
-                        applied.apply_patch(patch);
-                    }
-                    return Ok(ApplyOutcome::Elements {
-                        messages: changes.len(),
-                    });
-                }
-                // Fall back to nft, which reports in detail.
-                Err(e) => tracing::warn!(error = %e, "set element update over nfnetlink failed"),
-            }
-        }
-        let Some(old) = &self.applied else {
-            return Err(ApplyError::NothingApplied);
-        };
-        let Some(script) = diff::script(old, patch) else {
+        let Some(ops) = diff::ops(old, patch) else {
             let mut desired = old.clone();
             desired.apply_patch(patch);
             return self
                 .replace(&desired, ReplaceReason::StructureChanged)
                 .await;
         };
-        if script.is_empty() {
+        if ops.is_empty() {
             return Ok(ApplyOutcome::Unchanged);
         }
+        if let Some(writer) = &mut self.netlink {
+            let only_elements = ops
+                .iter()
+                .all(|op| matches!(op, Op::AddElements { .. } | Op::DeleteElements { .. }));
+            match send_ops(writer, &ops) {
+                Ok(messages) => {
+                    self.record_patch(patch);
+                    return Ok(if only_elements {
+                        ApplyOutcome::Elements { messages }
+                    } else {
+                        ApplyOutcome::Netlink { messages }
+                    });
+                }
+                // Fall back to nft, which reports in detail.
+                Err(e) => {
+                    tracing::warn!(error = %e, "update over nfnetlink not applied; using nft")
+                }
+            }
+        }
+        let script = diff::render(&ops);
         match self.nft.run_script(&script).await {
             Ok(()) => {
-                if let Some(applied) = &mut self.applied {
-                    applied.apply_patch(patch);
-                }
+                self.record_patch(patch);
                 Ok(ApplyOutcome::Incremental {
                     script_bytes: script.len(),
                 })
@@ -166,38 +180,110 @@ impl Applier {
         }
     }
 
+    /// Notes a patch as applied: the record, and the digests of the chains it rewrote.
+    fn record_patch(&mut self, patch: &Patch) {
+        if let Some(applied) = &mut self.applied {
+            applied.apply_patch(patch);
+        }
+        let (Some(writer), Some(digests)) = (&mut self.netlink, &mut self.digests) else {
+            return;
+        };
+        for name in patch.chains.keys() {
+            digests.remove(name);
+        }
+        let written = patch
+            .chains
+            .iter()
+            .filter_map(|(name, chain)| chain.as_ref().map(|_| name));
+        match writer.chain_digests(written) {
+            Ok(live) => digests.extend(live),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading rules back failed");
+                self.digests = None;
+            }
+        }
+    }
+
     async fn replace(
         &mut self,
         desired: &Ruleset,
         why: ReplaceReason,
     ) -> Result<ApplyOutcome, ApplyError> {
-        self.nft
-            .run_script(&desired.full_script())
-            .await
-            .map_err(ApplyError::Apply)?;
+        let mut sent = false;
+        if let Some(writer) = &mut self.netlink {
+            match send_ops(writer, &diff::replace_ops(desired)) {
+                Ok(_) => sent = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "table replacement over nfnetlink not applied; using nft")
+                }
+            }
+        }
+        if !sent {
+            self.nft
+                .run_script(&desired.full_script())
+                .await
+                .map_err(ApplyError::Apply)?;
+        }
         if self.applied.as_ref() != Some(desired) {
             self.applied = Some(desired.clone());
         }
+        self.digests = match &mut self.netlink {
+            Some(writer) => writer
+                .chain_digests(desired.chains.keys())
+                .inspect_err(|e| tracing::warn!(error = %e, "reading rules back failed"))
+                .ok(),
+            None => None,
+        };
         Ok(ApplyOutcome::Replaced { why })
     }
 
     /// Checks the kernel's table against what was applied and replaces it if they differ
-    /// (a flushed table, a deleted chain or set, missing elements). Returns what it did.
+    /// (a flushed table, a deleted chain or set, missing elements; with the nfnetlink writer
+    /// also a rule or an element changed in place). Returns what it did.
     pub async fn refresh(&mut self) -> Result<ApplyOutcome, ApplyError> {
         let Some(applied) = self.applied.clone() else {
             return Ok(ApplyOutcome::Unchanged);
         };
-        let live = match self
-            .nft
-            .output(&["-j", "list", "table", FAMILY, TABLE])
-            .await
-        {
-            Ok(json) => Shape::from_json(&json)?,
-            // A missing table is drift too; any other failure is reported by the replace.
-            Err(NftError::Failed { .. }) => Shape::default(),
-            Err(e) => return Err(ApplyError::ReadBack(e.to_string())),
+        let drift = match &mut self.netlink {
+            Some(writer) => {
+                let read = |e: NetlinkError| ApplyError::ReadBack(e.to_string());
+                let table = writer.read_table().map_err(read)?;
+                match live::difference(&applied, &table) {
+                    Some(what) => Some(what),
+                    None => {
+                        let digests = writer.chain_digests(applied.chains.keys()).map_err(read)?;
+                        match &self.digests {
+                            Some(recorded) => applied
+                                .chains
+                                .keys()
+                                .find(|name| recorded.get(*name) != digests.get(*name))
+                                .map(|name| {
+                                    format!("rules of chain {name} differ from those applied")
+                                }),
+                            // Unknown (reading back failed after the last change): from now on.
+                            None => {
+                                self.digests = Some(digests);
+                                None
+                            }
+                        }
+                    }
+                }
+            }
+            None => {
+                let live = match self
+                    .nft
+                    .output(&["-j", "list", "table", FAMILY, TABLE])
+                    .await
+                {
+                    Ok(json) => Shape::from_json(&json)?,
+                    // A missing table is drift too; any other failure is reported by the replace.
+                    Err(NftError::Failed { .. }) => Shape::default(),
+                    Err(e) => return Err(ApplyError::ReadBack(e.to_string())),
+                };
+                Shape::of(&applied).difference(&live)
+            }
         };
-        match Shape::of(&applied).difference(&live) {
+        match drift {
             None => Ok(ApplyOutcome::Unchanged),
             Some(what) => {
                 tracing::warn!(%what, "nftables drift; replacing table {FAMILY} {TABLE}");
@@ -207,34 +293,13 @@ impl Applier {
     }
 }
 
-/// The nfnetlink messages for `patch` if it only changes elements of existing sets.
-fn element_changes(old: &Ruleset, patch: &Patch) -> Option<Vec<ElementChange>> {
-    if !patch.chains.is_empty() || !patch.maps.is_empty() {
-        return None;
+/// Sends `ops` as one nfnetlink batch; fails without sending if a rule cannot be encoded.
+fn send_ops(writer: &mut NfWriter, ops: &[Op<'_>]) -> Result<usize, String> {
+    let mut batch = writer.batch();
+    for op in ops {
+        batch.push(op).map_err(|e| e.to_string())?;
     }
-    let mut changes = Vec::new();
-    for (name, new) in &patch.sets {
-        let (Some(new), Some(prev)) = (new, old.sets.get(name)) else {
-            return None;
-        };
-        if new.v6 != prev.v6 {
-            return None;
-        }
-        for (op, elements) in [
-            (ElementOp::Delete, prev.elements.difference(&new.elements)),
-            (ElementOp::Add, new.elements.difference(&prev.elements)),
-        ] {
-            let elements: Vec<_> = elements.copied().collect();
-            if !elements.is_empty() {
-                changes.push(ElementChange {
-                    op,
-                    set: name.clone(),
-                    elements,
-                });
-            }
-        }
-    }
-    Some(changes)
+    writer.send(batch).map_err(|e| e.to_string())
 }
 
 /// What the drift check compares: chains with their rule counts, sets and maps with their

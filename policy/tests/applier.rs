@@ -240,10 +240,10 @@ async fn membership_changes_go_over_nfnetlink_and_mix_with_nft() {
     let tb = bed("pol_nl");
     let ns = ns(&tb);
     let writer = ns
-        .enter(skog_policy::netlink::SetElementWriter::open)
+        .enter(skog_policy::netlink::NfWriter::open)
         .unwrap()
         .unwrap();
-    let mut applier = Applier::new(nft_in(ns)).with_set_element_writer(writer);
+    let mut applier = Applier::new(nft_in(ns)).with_netlink(writer);
     let mut model = scenarios::openstack_basic();
     applier
         .apply(&compile(&model).unwrap().ruleset)

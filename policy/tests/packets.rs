@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use skog_policy::model::{
     Action, Endpoint, Icmp, IpNat, Policy, PolicyModel, Protocol as Proto, Rule,
 };
-use skog_policy::netlink::SetElementWriter;
+use skog_policy::netlink::NfWriter;
 use skog_policy::trace::{TracePacket, Verdict};
 use skog_policy::{Applier, ApplyOutcome, Nft, compile, trace};
 use skog_testbed::{
@@ -149,15 +149,14 @@ struct Dataplane {
 
 impl Dataplane {
     /// Appliers running nft in each hypervisor's namespace, with an nfnetlink socket opened
-    /// there for set element changes.
+    /// there (every change goes over it; nft is the fallback).
     fn new(tb: &Testbed, hvs: &[HvId]) -> Dataplane {
         let appliers = hvs
             .iter()
             .map(|&hv| {
                 let ns = tb.hv(hv).unwrap().ns();
-                let writer = ns.enter(SetElementWriter::open).unwrap().unwrap();
-                let applier =
-                    Applier::new(Nft::new().in_netns(ns.name())).with_set_element_writer(writer);
+                let writer = ns.enter(NfWriter::open).unwrap().unwrap();
+                let applier = Applier::new(Nft::new().in_netns(ns.name())).with_netlink(writer);
                 (hv, applier)
             })
             .collect();
@@ -406,6 +405,30 @@ async fn security_groups_filter_real_packets_across_two_hypervisors() {
             ProbeOutcome::TimedOut,
             "v6={v6}"
         );
+    }
+
+    // A rule of "web" changes (TCP 80, 443 -> 8080): hv1 rewrites the group's policy chain
+    // in one nfnetlink batch, and packets follow at once.
+    cloud.sgs.get_mut("web").unwrap().ingress.as_mut().unwrap()[0] =
+        rule(Some("TCP"), &["8080", "443"]);
+    let (_, outcomes) = dp.apply(&tb, &cloud).await;
+    assert!(
+        matches!(outcomes[0], ApplyOutcome::Netlink { .. }),
+        "{outcomes:?}"
+    );
+    for v6 in [false, true] {
+        assert!(
+            probe(&tb, client, web, Protocol::Tcp, 8080, v6).is_allowed(),
+            "v6={v6}"
+        );
+        assert_eq!(
+            probe(&tb, client, web, Protocol::Tcp, 80, v6),
+            ProbeOutcome::TimedOut,
+            "v6={v6}"
+        );
+    }
+    for (_, applier) in &mut dp.appliers {
+        assert_eq!(applier.refresh().await.unwrap(), ApplyOutcome::Unchanged);
     }
 }
 

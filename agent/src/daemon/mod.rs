@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use skog_policy::netlink::SetElementWriter;
+use skog_policy::netlink::NfWriter;
 use skog_policy::{Applier, Nft};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
@@ -113,9 +113,11 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<Exit, StartErro
 
     let nft = Nft::new().with_timeout(Duration::from_secs(10));
     let mut applier = Applier::new(nft.clone());
-    match SetElementWriter::open() {
-        Ok(writer) => applier = applier.with_set_element_writer(writer),
-        Err(e) => warn!(error = %e, "set elements will go through nft (slower)"),
+    match NfWriter::open() {
+        Ok(writer) => applier = applier.with_netlink(writer),
+        Err(e) => {
+            warn!(error = %e, "nfnetlink unavailable; every rule change goes through nft (slower)")
+        }
     }
     let (policy, _) = policy::start(
         nft,
