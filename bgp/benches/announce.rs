@@ -163,7 +163,7 @@ fn bench_line(name: &str, target: &str, skog: &[f64], reference: &[f64]) {
     );
 }
 
-/// One graph: the median of every point of every path.
+/// One chart of `convergence.svg`: the median of every point of every path.
 fn series_line(name: &str, title: &str, paths: &[&Figures], pick: fn(&Samples) -> &[f64]) {
     let series: Vec<String> = paths
         .iter()
@@ -181,7 +181,7 @@ fn series_line(name: &str, title: &str, paths: &[&Figures], pick: fn(&Samples) -
         })
         .collect();
     println!(
-        "BENCH_SERIES {{\"name\":\"{name}\",\"title\":\"{title}\",\"x_label\":\"endpoints\",\"unit\":\"ms\",\"series\":[{}]}}",
+        "BENCH_SERIES {{\"name\":\"{name}\",\"title\":\"{title}\",\"x_label\":\"endpoints\",\"unit\":\"ms\",\"file\":\"convergence\",\"series\":[{}]}}",
         series.join(",")
     );
 }
@@ -273,13 +273,13 @@ fn main() {
     let paths = [&skog, &calico];
     series_line(
         "announce convergence",
-        "Endpoint routes announced until all are in the ToR's kernel",
+        "Announce: until all routes are in the ToR's kernel",
         &paths,
         |s| &s.announce,
     );
     series_line(
         "withdraw convergence",
-        "Endpoint routes withdrawn until all are gone from the ToR's kernel",
+        "Withdraw: until all routes are gone from the ToR's kernel",
         &paths,
         |s| &s.withdraw,
     );

@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod setup;
+mod svg;
 mod test;
 
 use std::path::PathBuf;
