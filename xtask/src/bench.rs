@@ -46,7 +46,7 @@ impl Collected {
     }
 }
 
-pub fn run(quick: bool) -> Result<()> {
+pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
     skog_testbed::require_root().context("the benchmarks run in network namespaces")?;
     let mut collected = Collected::default();
     let mut found = 0;
@@ -64,7 +64,12 @@ pub fn run(quick: bool) -> Result<()> {
             })
             .collect();
         names.sort();
-        for name in names {
+        let selected = |name: &str| {
+            only.is_none_or(|o| {
+                o == name || o == format!("{package}/{name}") || o == format!("{dir}/{name}")
+            })
+        };
+        for name in names.into_iter().filter(|n| selected(n)) {
             found += 1;
             println!("==> {package} / {name}");
             let mut cmd = cargo();
@@ -89,7 +94,8 @@ pub fn run(quick: bool) -> Result<()> {
     }
     if found == 0 {
         bail!(
-            "no benchmarks found under {:?}",
+            "no benchmarks{} found under {:?}",
+            only.map(|o| format!(" named {o}")).unwrap_or_default(),
             CRATES.iter().map(|c| c.0).collect::<Vec<_>>()
         );
     }
@@ -155,14 +161,20 @@ fn charts_by_file(series: &[Value]) -> Result<BTreeMap<String, Vec<Chart>>> {
 }
 
 /// A figure with three significant digits or so: 0.013, 4.20, 51.2, 3304.
-fn number(v: &Value, key: &str) -> String {
-    match v.get(key).and_then(Value::as_f64) {
-        Some(x) if x.abs() >= 100.0 => format!("{x:.0}"),
-        Some(x) if x.abs() >= 10.0 => format!("{x:.1}"),
-        Some(x) if x.abs() >= 1.0 => format!("{x:.2}"),
-        Some(x) => format!("{x:.3}"),
-        None => "-".into(),
+fn significant(x: f64) -> String {
+    match x.abs() {
+        a if a >= 100.0 => format!("{x:.0}"),
+        a if a >= 10.0 => format!("{x:.1}"),
+        a if a >= 1.0 => format!("{x:.2}"),
+        a if a >= 0.01 || a == 0.0 => format!("{x:.3}"),
+        _ => format!("{x:.1e}"),
     }
+}
+
+fn number(v: &Value, key: &str) -> String {
+    v.get(key)
+        .and_then(Value::as_f64)
+        .map_or("-".into(), significant)
 }
 
 /// Skog's median over the reference's.
@@ -263,7 +275,7 @@ fn table(results: &[Value]) -> String {
             number(r, "skog_p99"),
             text("reference"),
             number(r, "reference_median"),
-            ratio(r).map_or("-".into(), |x| format!("{x:.2}x")),
+            ratio(r).map_or("-".into(), |x| format!("{}x", significant(x))),
             text("target"),
         ));
     }
@@ -287,10 +299,19 @@ mod tests {
         let t = table(&[r]);
         assert!(
             t.contains(
-                "| program 10k routes | ms | 50.0 | 60.0 | ip -batch | 100 | 0.50x | <= 1.0x | yes |"
+                "| program 10k routes | ms | 50.0 | 60.0 | ip -batch | 100 | 0.500x | <= 1.0x | yes |"
             ),
             "{t}"
         );
+    }
+
+    #[test]
+    fn figures_keep_about_three_significant_digits() {
+        let shown: Vec<String> = [3304.07, 51.547, 4.2, 0.0131, 0.0, 0.00042]
+            .into_iter()
+            .map(significant)
+            .collect();
+        assert_eq!(shown, ["3304", "51.5", "4.20", "0.013", "0.000", "4.2e-4"]);
     }
 
     #[test]

@@ -46,6 +46,9 @@ enum Task {
         /// Few repetitions, for a quick look.
         #[arg(long)]
         quick: bool,
+        /// Run only the benchmarks with this name (e.g. `announce`), or `<crate>/<name>`.
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -75,7 +78,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Task::Demo { keep } => demo::run(keep),
-        Task::Bench { quick } => bench::run(quick),
+        Task::Bench { quick, only } => bench::run(quick, only.as_deref()),
     }
 }
 

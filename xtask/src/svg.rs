@@ -25,7 +25,7 @@ const PANEL_WIDTH: f64 = 560.0;
 const PANEL_HEIGHT: f64 = 400.0;
 /// Plot area inside a panel: margins left (y labels), right, top (title, legend), bottom.
 const LEFT: f64 = 78.0;
-const RIGHT: f64 = 20.0;
+const RIGHT: f64 = 32.0;
 const TOP: f64 = 84.0;
 const BOTTOM: f64 = 56.0;
 const COLOURS: &[&str] = &["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
