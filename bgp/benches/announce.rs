@@ -91,7 +91,12 @@ struct Figures {
     series: Vec<(usize, Samples)>,
 }
 
-fn ms(d: Duration) -> f64 {
+/// Milliseconds from `start` to `end`; `end` before `start` would mean the ToR changed on its
+/// own, which must not be counted as a (zero) measurement.
+fn ms_between(start: Instant, end: Instant) -> f64 {
+    let d = end
+        .checked_duration_since(start)
+        .expect("the ToR's kernel changed before the routes were handed over");
     d.as_secs_f64() * 1000.0
 }
 
@@ -105,11 +110,11 @@ fn converge(tor: &RouteWatch, path: &mut Path, dsts: &[IpNet], reps: usize) -> S
         let t0 = Instant::now();
         (path.announce)(dsts);
         let done = tor.wait_for(dsts, true, TIMEOUT).unwrap();
-        samples.announce.push(ms(done - t0));
+        samples.announce.push(ms_between(t0, done));
         let t0 = Instant::now();
         (path.withdraw)(dsts);
         let done = tor.wait_for(dsts, false, TIMEOUT).unwrap();
-        samples.withdraw.push(ms(done - t0));
+        samples.withdraw.push(ms_between(t0, done));
     }
     samples
 }

@@ -167,6 +167,7 @@ fn significant(x: f64) -> String {
         a if a >= 10.0 => format!("{x:.1}"),
         a if a >= 1.0 => format!("{x:.2}"),
         a if a >= 0.01 || a == 0.0 => format!("{x:.3}"),
+        a if a >= 0.001 => format!("{x:.4}"),
         _ => format!("{x:.1e}"),
     }
 }
@@ -307,11 +308,14 @@ mod tests {
 
     #[test]
     fn figures_keep_about_three_significant_digits() {
-        let shown: Vec<String> = [3304.07, 51.547, 4.2, 0.0131, 0.0, 0.00042]
+        let shown: Vec<String> = [3304.07, 51.547, 4.2, 0.0131, 0.0, 0.00178, 0.00042]
             .into_iter()
             .map(significant)
             .collect();
-        assert_eq!(shown, ["3304", "51.5", "4.20", "0.013", "0.000", "4.2e-4"]);
+        assert_eq!(
+            shown,
+            ["3304", "51.5", "4.20", "0.013", "0.000", "0.0018", "4.2e-4"]
+        );
     }
 
     #[test]
