@@ -142,13 +142,14 @@ pub(crate) fn bird_tor_config(cfg: &RouterConfig) -> String {
 
 /// BIRD on a hypervisor as Calico runs it: the kernel protocol learns the host routes someone
 /// else (Felix, or a test with `ip route`) put in the kernel, BGP exports them to the ToRs, and
-/// BGP routes from the ToRs go back to the kernel.
+/// BGP routes from the ToRs go back to the kernel. `scan time 2` is Calico's: the periodic scan
+/// catches what the kernel's notifications missed (BIRD's socket overflows in large bursts).
 pub(crate) fn bird_hypervisor_config(cfg: &RouterConfig) -> String {
     let mut s = format!(
-        "router id {};\nlog stderr all;\nprotocol device {{ scan time 10; }}\n\
-         protocol kernel kernel4 {{ learn; persist; merge paths on; scan time 10;\n  \
+        "router id {};\nlog stderr all;\nprotocol device {{ scan time 2; }}\n\
+         protocol kernel kernel4 {{ learn; persist; merge paths on; scan time 2;\n  \
          ipv4 {{ import where net.len = 32; export where source = RTS_BGP; }}; }}\n\
-         protocol kernel kernel6 {{ learn; persist; merge paths on; scan time 10;\n  \
+         protocol kernel kernel6 {{ learn; persist; merge paths on; scan time 2;\n  \
          ipv6 {{ import where net.len = 128; export where source = RTS_BGP; }}; }}\n",
         cfg.router_id
     );

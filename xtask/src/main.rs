@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod setup;
+mod svg;
 mod test;
 
 use std::path::PathBuf;
@@ -49,6 +50,9 @@ enum Task {
         /// Few repetitions, for a quick look.
         #[arg(long)]
         quick: bool,
+        /// Run only the benchmarks with this name (e.g. `announce`), or `<crate>/<name>`.
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -78,7 +82,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Task::Demo { keep, file } => demo::run(keep, file),
-        Task::Bench { quick } => bench::run(quick),
+        Task::Bench { quick, only } => bench::run(quick, only.as_deref()),
     }
 }
 
