@@ -378,10 +378,10 @@ impl Compiler<'_> {
                     "meta mark & {MARK_ACCEPT:#010x} == {MARK_ACCEPT:#010x} return"
                 ));
             }
-            rules.push(format!("meta mark & {MARK_PASS:#010x} == 0 drop"));
+            rules.push(format!("meta mark & {MARK_PASS:#010x} == 0 counter drop"));
             first_tier = false;
         }
-        rules.push("drop".to_owned());
+        rules.push("counter drop".to_owned());
         rules
     }
 

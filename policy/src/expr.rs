@@ -132,6 +132,8 @@ pub enum Expr {
     Log {
         prefix: String,
     },
+    /// Packets and bytes matched (the kernel keeps the values; we send none).
+    Counter,
     Nat {
         dnat: bool,
         nfproto: u8,
@@ -208,6 +210,7 @@ fn encode_one(
         Expr::Immediate { .. } | Expr::Verdict(_) => "immediate",
         Expr::Log { .. } => "log",
         Expr::Nat { .. } => "nat",
+        Expr::Counter => "counter",
     };
     attr_str(el, 1, name);
     nested(el, 2, |a| match e {
@@ -280,6 +283,7 @@ fn encode_one(
             nested(a, 2, |d| v.encode(d));
         }
         Expr::Log { prefix } => attr_str(a, 2, prefix),
+        Expr::Counter => {}
         Expr::Nat {
             dnat,
             nfproto,

@@ -247,9 +247,13 @@ impl NfWriter {
                 let attrs = wire::attrs(answer).ok_or(NetlinkError::Malformed)?;
                 for (ty, payload) in &attrs {
                     // Expressions and user data; not the handle or position.
-                    if matches!(ty, 4 | 7) {
-                        h.write_u16(*ty);
-                        h.write(payload);
+                    match ty {
+                        4 => hash_expressions(&mut h, payload)?,
+                        7 => {
+                            h.write_u16(*ty);
+                            h.write(payload);
+                        }
+                        _ => {}
                     }
                 }
                 h.write_u8(0xff);
@@ -258,6 +262,25 @@ impl NfWriter {
         }
         Ok(out)
     }
+}
+
+/// Hashes a rule's expressions, each counter by its name only: its values change with every
+/// packet and are no drift.
+fn hash_expressions(h: &mut DefaultHasher, list: &[u8]) -> Result<(), NetlinkError> {
+    h.write_u16(4);
+    for (_, element) in wire::attrs(list).ok_or(NetlinkError::Malformed)? {
+        let expr = wire::attrs(element).ok_or(NetlinkError::Malformed)?;
+        let counter = get(&expr, 1).is_some_and(|name| string(name) == "counter");
+        for (ty, payload) in &expr {
+            if counter && *ty == 2 {
+                continue;
+            }
+            h.write_u16(*ty);
+            h.write(payload);
+        }
+        h.write_u8(0xfe);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! The compiler writes rules as nft text (what golden files, `nft -f` and operators read). This
 //! module lowers exactly the grammar the compiler emits (meta nfproto/l4proto/mark/iifname/
 //! oifname, ip/ip6 addresses and prefixes, th/tcp/udp ports and ranges, icmp/icmpv6 type and
-//! code, anonymous sets, named set and verdict map lookups, ct state, log, snat/dnat, verdicts)
+//! code, anonymous sets, named set and verdict map lookups, ct state, counter, log, snat/dnat,
+//! verdicts)
 //! to the expressions nft 1.0.6 would send for it, including the protocol dependencies nft adds
 //! (`ip saddr` implies `meta nfproto ipv4`, `tcp dport` implies `meta l4proto tcp`), so that
 //! `nft list` renders a rule written here exactly as one written by nft. Anything else is
@@ -467,6 +468,7 @@ impl<'r> Lowering<'r> {
                     _ => return Err(self.unsupported("log")),
                 };
             }
+            "counter" => self.push(Expr::Counter),
             "dnat" | "snat" => self.nat(w == "dnat")?,
             "accept" => self.push(Expr::Verdict(Verdict::Accept)),
             "drop" => self.push(Expr::Verdict(Verdict::Drop)),
@@ -795,7 +797,7 @@ mod tests {
     #[test]
     fn anything_else_is_unsupported() {
         for rule in [
-            "tcp dport 22 counter accept",
+            "tcp dport 22 counter packets 1 bytes 60 accept",
             "ip saddr 0.0.0.0/0 accept",
             "iifname \"tap0\" accept",
             "accept drop",

@@ -750,7 +750,7 @@ mod tests {
             batch
                 .push(&Op::AddRule {
                     chain: "a",
-                    rule: "counter drop"
+                    rule: "counter packets 1 bytes 60 drop"
                 })
                 .is_err()
         );
