@@ -26,6 +26,7 @@ use tracing::{info, warn};
 
 use crate::codec::{self, Capabilities, Family, GracefulRestart, PathAttrs};
 use crate::config::{ImportPolicy, PeerConfig, SpeakerConfig};
+use crate::converge::{Convergence, SessionUp};
 use crate::fsm::{DownReason, FsmConfig, Negotiated, State};
 use crate::pack::{self, Encoding, ExportAttrs, NextHopSelf};
 use crate::rib::{AdjRibIn, AdjRibOut, ImportFilter, LocRib, PeerId, PeerKind, RouteEvent};
@@ -226,10 +227,14 @@ impl Speaker {
             events,
             reports_tx,
             listener: listener.as_ref().map(|(l, local)| (Arc::clone(l), *local)),
+            convergence: Convergence::new([]),
+            deferral_deadline: Instant::now() + config.selection_deferral,
         };
         for peer in config.peers {
             task.add_peer(peer)?;
         }
+        task.convergence = Convergence::new(task.peers.keys().copied());
+        task.report_convergence();
         if let Some((l, _)) = listener {
             let requests = requests.clone();
             tokio::spawn(async move {
@@ -317,12 +322,17 @@ struct SpeakerTask {
     events: mpsc::UnboundedSender<RouteEvent>,
     reports_tx: mpsc::UnboundedSender<Report>,
     listener: Option<(Arc<TcpListener>, SocketAddr)>,
+    /// Whether the initial routing information is complete (RFC 4724 §4.1).
+    convergence: Convergence,
+    /// When the selection-deferral timer ends the wait for End-of-RIBs.
+    deferral_deadline: Instant,
 }
 
 enum Input {
     Request(Request),
     Report(Report),
     StaleTimer,
+    DeferralTimer,
     Closed,
 }
 
@@ -334,10 +344,12 @@ impl SpeakerTask {
     ) {
         loop {
             let stale = self.peers.values().filter_map(|p| p.stale_until).min();
+            let deferring = self.convergence.is_waiting();
             let input = tokio::select! {
                 r = requests.recv() => r.map_or(Input::Closed, Input::Request),
                 Some(r) = reports.recv() => Input::Report(r),
                 _ = tokio::time::sleep_until(stale.unwrap_or_else(Instant::now)), if stale.is_some() => Input::StaleTimer,
+                _ = tokio::time::sleep_until(self.deferral_deadline), if deferring => Input::DeferralTimer,
             };
             let mut next = Some(input);
             // Drain what is already queued before flushing: bursts coalesce.
@@ -358,7 +370,14 @@ impl SpeakerTask {
                     Input::Request(r) => self.request(r),
                     Input::Report(r) => self.report(r),
                     Input::StaleTimer => self.purge_expired_stale(),
+                    Input::DeferralTimer => {
+                        info!(
+                            "selection deferral timer expired: initial routing information taken as complete"
+                        );
+                        self.convergence.deferral_expired();
+                    }
                 }
+                self.report_convergence();
                 budget -= 1;
                 if budget > 0 {
                     next = match reports.try_recv() {
@@ -479,6 +498,7 @@ impl SpeakerTask {
                         let gone = p.adj_in.clear();
                         self.recompute(gone);
                     }
+                    self.convergence.peer_removed(id);
                 });
                 let _ = done.send(result);
             }
@@ -542,6 +562,7 @@ impl SpeakerTask {
     fn report(&mut self, r: Report) {
         let asn = self.asn;
         let helper = self.graceful_restart.is_some();
+        let convergence = &mut self.convergence;
         let Some(peer) = self.peers.get_mut(&r.peer) else {
             return;
         };
@@ -561,6 +582,15 @@ impl SpeakerTask {
                 // A restarting peer without graceful restart this time: its stale routes go.
                 let purge =
                     peer.stale_until.is_some() && negotiated.peer_graceful_restart.is_none();
+                convergence.session_up(
+                    r.peer,
+                    match &negotiated.peer_graceful_restart {
+                        Some(gr) if helper && !gr.restarting => {
+                            SessionUp::AwaitEndOfRib(negotiated.families.clone())
+                        }
+                        _ => SessionUp::NotAwaited,
+                    },
+                );
                 peer.session = Some(Established {
                     epoch,
                     negotiated: *negotiated,
@@ -598,6 +628,7 @@ impl SpeakerTask {
             }
             ReportKind::Update(update) => {
                 if let Some(family) = update.end_of_rib {
+                    convergence.end_of_rib(r.peer, family);
                     let gone = peer.adj_in.purge_stale(Some(family));
                     if peer.stale_until.is_some() {
                         info!(peer = %peer.cfg.name, "End-of-RIB for {family}: {} stale routes purged", gone.len());
@@ -623,6 +654,15 @@ impl SpeakerTask {
                 }
                 _ => {}
             },
+        }
+    }
+
+    /// Emits [`RouteEvent::Converged`] once convergence is reached (after the route events
+    /// that led to it).
+    fn report_convergence(&mut self) {
+        if self.convergence.take_converged() {
+            info!("initial routing information complete");
+            let _ = self.events.send(RouteEvent::Converged);
         }
     }
 

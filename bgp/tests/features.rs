@@ -6,10 +6,12 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use common::*;
+use ipnet::IpNet;
 use skog_bgp::config::GracefulRestartConfig;
 use skog_bgp::fsm::State;
 use skog_bgp::{RouteEvent, Shutdown};
@@ -174,6 +176,98 @@ fn speaker_restart_under_graceful_restart_keeps_our_routes_at_the_tor() {
     assert_eq!(tor_kernel_gateways(&tb, tor, kept), Some(hv_v4.to_vec()));
     second.stop(Shutdown::Withdraw("test over".into()));
     wait_tor_kernel(&tb, tor, kept, &[]);
+}
+
+/// The prefixes installed before the first `Converged`, and how many `Converged` there were.
+fn installed_before_converged(events: &[RouteEvent]) -> (BTreeSet<IpNet>, usize) {
+    let at = events
+        .iter()
+        .position(|e| *e == RouteEvent::Converged)
+        .unwrap_or(events.len());
+    let installed = events[..at]
+        .iter()
+        .filter_map(|e| match e {
+            RouteEvent::Install { prefix, .. } => Some(*prefix),
+            _ => None,
+        })
+        .collect();
+    let count = events
+        .iter()
+        .filter(|e| **e == RouteEvent::Converged)
+        .count();
+    (installed, count)
+}
+
+/// `Converged` came once, after every route of `want` was installed.
+fn assert_converged_after(speaker: &Running, want: &BTreeSet<IpNet>) {
+    let (installed, count) = installed_before_converged(&speaker.events.lock().unwrap());
+    assert_eq!(count, 1, "Converged exactly once");
+    let missing: Vec<&IpNet> = want.difference(&installed).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} routes installed before Converged; missing e.g. {missing:?}",
+        installed.len(),
+        want.len()
+    );
+}
+
+#[test]
+fn speaker_restart_reports_converged_after_the_tors_routes_and_end_of_rib() {
+    let mut tb = Testbed::new("bgp_gr_converged").unwrap();
+    let tor = tb.add_tor("tor1", TorDaemon::Bird, 65001).unwrap();
+    let hv = tb.add_hypervisor("hv1", HV_ASN).unwrap();
+    tb.link(hv, tor).unwrap();
+    // Enough routes that End-of-RIB comes well after the session is up.
+    let extra: Vec<IpNet> = (0u128..3000)
+        .map(|i| {
+            IpNet::from(IpAddr::from(std::net::Ipv6Addr::from(
+                0x2001_0db8_0200_u128 << 80 | i,
+            )))
+        })
+        .collect();
+    tb.set_tor_options(
+        tor,
+        TorOptions {
+            extra_routes: extra.clone(),
+            ..TorOptions::default()
+        },
+    )
+    .unwrap();
+    tb.start_tor(tor).unwrap();
+    tb.tor(tor).unwrap().cli("enable extra6").unwrap();
+    let mut want: BTreeSet<IpNet> = extra.into_iter().collect();
+    want.extend([net("0.0.0.0/0"), net("::/0")]);
+    let config = |restarting| {
+        let mut cfg = speaker_config(&tb, hv, Some(GracefulRestartConfig { restarting, ..GR }));
+        for p in &mut cfg.peers {
+            p.import.prefixes = vec![net("2001:db8:200::/48")];
+        }
+        // Far beyond the test's wait: only End-of-RIB can end the deferral.
+        cfg.selection_deferral = Duration::from_secs(600);
+        cfg
+    };
+    let wait_converged = |speaker: &Running| {
+        wait_until("Converged", CONVERGE, || {
+            let events = speaker.events.lock().unwrap();
+            match installed_before_converged(&events) {
+                (_, 0) => Err(format!("{} events", events.len())),
+                _ => Ok(()),
+            }
+        })
+        .unwrap();
+    };
+
+    let first = start_speaker(&tb, hv, config(false));
+    wait_converged(&first);
+    assert_converged_after(&first, &want);
+    first.stop(Shutdown::Graceful);
+
+    // Restarting: the routes the first run installed are still in the kernel; the consumer
+    // learns from Converged when the ToR has sent its whole table again.
+    let second = start_speaker(&tb, hv, config(true));
+    wait_converged(&second);
+    assert_converged_after(&second, &want);
+    second.stop(Shutdown::Withdraw("test over".into()));
 }
 
 #[test]

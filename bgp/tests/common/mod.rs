@@ -52,6 +52,7 @@ pub fn speaker_config(tb: &Testbed, hv: HvId, gr: Option<GracefulRestartConfig>)
         peers,
         graceful_restart: gr,
         export: Vec::new(),
+        selection_deferral: skog_bgp::config::DEFAULT_SELECTION_DEFERRAL,
     }
 }
 
@@ -77,6 +78,7 @@ pub fn start_speaker(tb: &Testbed, hv: HvId, cfg: SpeakerConfig) -> Running {
                 RouteEvent::Remove { prefix } => {
                     l.lock().unwrap().remove(prefix);
                 }
+                RouteEvent::Converged => {}
             }
             e.lock().unwrap().push(event);
         }
@@ -120,6 +122,7 @@ fn install(ns: &str, event: &RouteEvent) {
         RouteEvent::Remove { prefix } => {
             cmd.args(["route", "del", &prefix.to_string(), "proto", "bgp"]);
         }
+        RouteEvent::Converged => return,
     }
     let _ = cmd.output();
 }
