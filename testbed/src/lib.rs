@@ -32,5 +32,5 @@ pub use probe::{EchoServer, ProbeOutcome, Protocol};
 pub use process::Process;
 pub use routes::KernelRoute;
 pub use topology::{HvId, Hypervisor, Testbed, Tor, TorId, Uplink, Vm, VmId, VmSpec};
-pub use tor::{TorDaemon, TorOptions};
+pub use tor::{TorDaemon, TorNeighbor, TorOptions};
 pub use wait::wait_until;
