@@ -861,3 +861,45 @@ fn snapshot(p: &PeerEntry) -> PeerSnapshot {
         refreshes_answered: p.refreshes_answered,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(peers: Vec<PeerConfig>) -> SpeakerConfig {
+        SpeakerConfig {
+            asn: 65010,
+            router_id: std::net::Ipv4Addr::new(192, 0, 2, 1),
+            listen: None,
+            peers,
+            graceful_restart: None,
+            export: Vec::new(),
+            selection_deferral: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn converged_comes_at_once_without_peers() {
+        let (handle, mut events) = Speaker::start(config(Vec::new())).await.unwrap();
+        assert_eq!(events.recv().await, Some(RouteEvent::Converged));
+        handle.shutdown(Shutdown::Graceful).await.unwrap();
+        assert_eq!(events.recv().await, None, "nothing after it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deferral_timer_ends_the_wait_for_a_peer_that_never_comes() {
+        let mut peer = PeerConfig::new("tor1", "192.0.2.0".parse().unwrap(), 65001);
+        peer.passive = true;
+        let (handle, mut events) = Speaker::start(config(vec![peer])).await.unwrap();
+        let early = tokio::time::timeout(Duration::from_secs(59), events.recv()).await;
+        assert!(
+            early.is_err(),
+            "nothing before the deferral timer: {early:?}"
+        );
+        assert_eq!(events.recv().await, Some(RouteEvent::Converged));
+        // Exactly once.
+        let later = tokio::time::timeout(Duration::from_secs(600), events.recv()).await;
+        assert!(later.is_err(), "{later:?}");
+        handle.shutdown(Shutdown::Graceful).await.unwrap();
+    }
+}
