@@ -148,6 +148,9 @@ pub mod err {
     pub const CEASE_ADMIN_RESET: u8 = 4;
     /// Connection Collision Resolution.
     pub const CEASE_COLLISION: u8 = 7;
+    /// Hard Reset (RFC 8538): the session ends without graceful restart; the data is the
+    /// encapsulated NOTIFICATION's code, subcode and data.
+    pub const CEASE_HARD_RESET: u8 = 9;
 }
 
 impl Notification {
@@ -175,6 +178,35 @@ impl Notification {
             code: err::CEASE,
             subcode,
             data,
+        }
+    }
+
+    /// A Cease / Hard Reset (RFC 8538) carrying `inner`.
+    pub fn hard_reset(inner: &Notification) -> Notification {
+        let mut data = Vec::with_capacity(2 + inner.data.len());
+        data.extend_from_slice(&[inner.code, inner.subcode]);
+        data.extend_from_slice(&inner.data);
+        Notification {
+            code: err::CEASE,
+            subcode: err::CEASE_HARD_RESET,
+            data,
+        }
+    }
+
+    /// Whether this is a Cease / Hard Reset (RFC 8538).
+    pub fn is_hard_reset(&self) -> bool {
+        self.code == err::CEASE && self.subcode == err::CEASE_HARD_RESET
+    }
+
+    /// The NOTIFICATION a Hard Reset carries, if this is one and it carries one.
+    pub fn hard_reset_inner(&self) -> Option<Notification> {
+        match self.data.as_slice() {
+            [code, subcode, data @ ..] if self.is_hard_reset() => Some(Notification {
+                code: *code,
+                subcode: *subcode,
+                data: data.to_vec(),
+            }),
+            _ => None,
         }
     }
 
@@ -229,12 +261,16 @@ impl fmt::Display for Notification {
             (err::CEASE, err::CEASE_ADMIN_SHUTDOWN) => "cease: administrative shutdown",
             (err::CEASE, err::CEASE_ADMIN_RESET) => "cease: administrative reset",
             (err::CEASE, err::CEASE_COLLISION) => "cease: connection collision resolution",
+            (err::CEASE, err::CEASE_HARD_RESET) => "cease: hard reset",
             (err::CEASE, _) => "cease",
             _ => "unknown error",
         };
         write!(f, "{name} ({}/{})", self.code, self.subcode)?;
         if let Some(text) = self.shutdown_text() {
             write!(f, ": {text:?}")?;
+        }
+        if let Some(inner) = self.hard_reset_inner().filter(|i| !i.is_hard_reset()) {
+            write!(f, " of {inner}")?;
         }
         Ok(())
     }
@@ -330,6 +366,8 @@ pub struct Capabilities {
 pub struct GracefulRestart {
     /// R bit: the sender has restarted.
     pub restarting: bool,
+    /// N bit (RFC 8538): NOTIFICATIONs other than Hard Reset end the session gracefully too.
+    pub notification: bool,
     /// Restart time in seconds (12 bits).
     pub restart_time: u16,
     /// Families and whether forwarding state was preserved for each (F bit).
@@ -385,7 +423,7 @@ impl Open {
             caps.push(BgpCapability::GracefulRestartCapability(
                 GracefulRestartCapability::new(
                     gr.restarting,
-                    false,
+                    gr.notification,
                     gr.restart_time.min(0x0fff),
                     gr.families
                         .iter()
@@ -432,6 +470,7 @@ impl Open {
                 BgpCapability::GracefulRestartCapability(gr) => {
                     c.graceful_restart = Some(GracefulRestart {
                         restarting: gr.restart(),
+                        notification: gr.graceful_notification(),
                         restart_time: gr.time(),
                         families: gr
                             .address_families()
@@ -1070,6 +1109,23 @@ mod tests {
     }
 
     #[test]
+    fn hard_reset_wraps_and_names_the_inner_notification() {
+        let inner = Notification::cease_with_text(err::CEASE_ADMIN_SHUTDOWN, "maintenance");
+        let n = Notification::hard_reset(&inner);
+        match decode(&n.encode(), ASN4).unwrap() {
+            Message::Notification(got) => {
+                assert!(got.is_hard_reset());
+                assert_eq!(got.hard_reset_inner(), Some(inner));
+                let text = got.to_string();
+                assert!(text.contains("hard reset"), "{text}");
+                assert!(text.contains("maintenance"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(Notification::new(err::CEASE, 2).hard_reset_inner(), None);
+    }
+
+    #[test]
     fn open_round_trips_with_capabilities() {
         let open = Open {
             version: 4,
@@ -1083,6 +1139,7 @@ mod tests {
                 asn4: Some(4_200_000_001),
                 graceful_restart: Some(GracefulRestart {
                     restarting: true,
+                    notification: true,
                     restart_time: 120,
                     families: vec![(Family::Ipv4, true), (Family::Ipv6, true)],
                 }),

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 use crate::codec::{self, Capabilities, Family, GracefulRestart, PathAttrs};
 use crate::config::{ImportPolicy, PeerConfig, SpeakerConfig};
 use crate::converge::{Convergence, SessionUp};
-use crate::fsm::{DownReason, FsmConfig, Negotiated, State};
+use crate::fsm::{FsmConfig, Negotiated, State};
 use crate::pack::{self, Encoding, ExportAttrs, NextHopSelf};
 use crate::rib::{AdjRibIn, AdjRibOut, ImportFilter, LocRib, PeerId, PeerKind, RouteEvent};
 use crate::session::{self, Command, Report, ReportKind, Session};
@@ -419,6 +419,7 @@ impl SpeakerTask {
             asn4: Some(self.asn),
             graceful_restart: self.graceful_restart.map(|gr| GracefulRestart {
                 restarting: gr.restarting,
+                notification: true,
                 restart_time: gr.restart_time,
                 families: families.iter().map(|f| (*f, gr.restarting)).collect(),
             }),
@@ -607,11 +608,10 @@ impl SpeakerTask {
                 }
             }
             ReportKind::Down(reason) => {
-                let gr = peer
-                    .session
-                    .take()
-                    .and_then(|s| s.negotiated.peer_graceful_restart)
-                    .filter(|_| helper && reason == DownReason::ConnectionLost);
+                let gr = peer.session.take().and_then(|s| {
+                    let keep = helper && reason.keeps_routes(s.negotiated.graceful_notification);
+                    s.negotiated.peer_graceful_restart.filter(|_| keep)
+                });
                 match gr {
                     Some(gr) if gr.restart_time > 0 => {
                         info!(peer = %peer.cfg.name, "peer restarting gracefully: keeping its routes for {} s", gr.restart_time);

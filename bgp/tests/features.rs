@@ -437,3 +437,62 @@ fn ipv4_over_an_ipv6_session_with_frr() {
     assert!(raw.contains("via inet6"), "{raw}");
     speaker.stop(Shutdown::Withdraw("test over".into()));
 }
+
+#[test]
+fn rfc8538_with_frr_a_plain_cease_keeps_routes_and_our_stop_is_a_hard_reset() {
+    let mut tb = Testbed::new("bgp_rfc8538").unwrap();
+    let tor = tb.add_tor("tor1", TorDaemon::Frr, 65001).unwrap();
+    let hv = tb.add_hypervisor("hv1", HV_ASN).unwrap();
+    let up = tb.link(hv, tor).unwrap();
+    tb.start_tor(tor).unwrap();
+    // A restart time far beyond the waits below: stale routes would outlive them.
+    let gr = GracefulRestartConfig {
+        restart_time: 300,
+        restarting: false,
+    };
+    let mut cfg = speaker_config(&tb, hv, Some(gr));
+    cfg.peers.retain(|p| p.name == "tor1_v4");
+    let ours = net("198.51.100.10/32");
+    cfg.export = vec![ours];
+    let speaker = start_speaker(&tb, hv, cfg);
+    speaker.wait_established(&["tor1_v4"]);
+    let first = speaker.peer("tor1_v4");
+    assert!(first.negotiated.unwrap().graceful_notification, "N bit");
+    speaker.wait_learned("0.0.0.0/0", &[IpAddr::from(up.tor_v4)]);
+    wait_tor_kernel(&tb, tor, ours, &[IpAddr::from(up.hv_v4)]);
+
+    // FRR resets the session with a plain Cease / Administrative Reset: under RFC 8538 that is
+    // a graceful restart, and we keep its default route while the session comes back.
+    let t = tb.tor(tor).unwrap();
+    t.cli("configure terminal\nrouter bgp 65001\nno bgp hard-administrative-reset")
+        .unwrap();
+    t.cli(&format!("clear bgp {}", up.hv_v4)).unwrap();
+    wait_until("a new session", CONVERGE, || {
+        let p = speaker.peer("tor1_v4");
+        if p.state == State::Established && p.established_since != first.established_since {
+            Ok(())
+        } else {
+            Err(format!("{:?} {:?}", p.state, p.last_error))
+        }
+    })
+    .unwrap();
+    let reset = speaker.peer("tor1_v4").last_error.unwrap_or_default();
+    assert!(
+        reset.contains("(6/4)"),
+        "FRR sent Administrative Reset: {reset}"
+    );
+    let removed: Vec<RouteEvent> = speaker
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, RouteEvent::Remove { .. }))
+        .cloned()
+        .collect();
+    assert!(removed.is_empty(), "routes kept: {removed:?}");
+
+    // Our administrative stop is a Hard Reset: FRR drops our route now rather than keeping it
+    // stale for 300 s.
+    speaker.stop(Shutdown::Withdraw("test over".into()));
+    wait_tor_kernel(&tb, tor, ours, &[]);
+}
