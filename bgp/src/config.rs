@@ -26,7 +26,14 @@ pub struct SpeakerConfig {
     /// Endpoint routes to announce from the start, so that the first UPDATEs (and, after a
     /// graceful restart, the End-of-RIB) already carry them.
     pub export: Vec<IpNet>,
+    /// The selection-deferral timer (RFC 4724 §4.1): how long to wait at most for the peers'
+    /// End-of-RIB before [`crate::RouteEvent::Converged`] is sent anyway
+    /// ([`DEFAULT_SELECTION_DEFERRAL`] is a good value).
+    pub selection_deferral: Duration,
 }
+
+/// The default selection-deferral timer: 60 s.
+pub const DEFAULT_SELECTION_DEFERRAL: Duration = Duration::from_secs(60);
 
 /// Graceful restart settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -109,6 +109,19 @@ pub enum DownReason {
     ConnectionLost,
 }
 
+impl DownReason {
+    /// Whether a helper keeps the peer's routes (as stale) after this end: a lost connection
+    /// always, and with the RFC 8538 N bit negotiated any NOTIFICATION but a Hard Reset.
+    pub fn keeps_routes(&self, graceful_notification: bool) -> bool {
+        match self {
+            DownReason::ConnectionLost => true,
+            DownReason::Sent(n) | DownReason::Received(n) => {
+                graceful_notification && !n.is_hard_reset()
+            }
+        }
+    }
+}
+
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -184,6 +197,9 @@ pub struct Negotiated {
     pub extended_next_hop_v4: bool,
     /// The peer's graceful-restart capability, if it sent one.
     pub peer_graceful_restart: Option<GracefulRestart>,
+    /// Both sides set the RFC 8538 N bit: NOTIFICATIONs end the session gracefully too, and
+    /// an administrative stop sends a Hard Reset.
+    pub graceful_notification: bool,
     /// The capabilities the peer offered, as sent.
     pub peer_capabilities: Capabilities,
 }
@@ -263,7 +279,15 @@ impl Fsm {
 
             (_, Event::ManualStop { text }) => {
                 self.stopped = true;
-                let cease = Notification::cease_with_text(err::CEASE_ADMIN_SHUTDOWN, &text);
+                let mut cease = Notification::cease_with_text(err::CEASE_ADMIN_SHUTDOWN, &text);
+                // RFC 8538: a plain Cease would leave our routes with the peer as stale.
+                if self
+                    .negotiated
+                    .as_ref()
+                    .is_some_and(|n| n.graceful_notification)
+                {
+                    cease = Notification::hard_reset(&cease);
+                }
                 if matches!(
                     self.state,
                     State::OpenSent | State::OpenConfirm | State::Established
@@ -478,6 +502,9 @@ impl Fsm {
             extended_message: ours.extended_message && theirs.extended_message,
             extended_next_hop_v4,
             peer_graceful_restart: theirs.graceful_restart.clone(),
+            graceful_notification: [&ours.graceful_restart, &theirs.graceful_restart]
+                .iter()
+                .all(|gr| gr.as_ref().is_some_and(|gr| gr.notification)),
             peer_capabilities: theirs.clone(),
         })
     }

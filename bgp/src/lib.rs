@@ -6,14 +6,18 @@
 //!
 //! Layers, each in its own module:
 //! - [`codec`]: frames and messages (netgauze-bgp-pkt underneath), RFC 7606 treatment;
+//! - [`aspath`]: AS path segments and the RFC 6793 AS4_PATH transition;
 //! - [`pack`]: outgoing UPDATEs packed to the negotiated size;
 //! - [`fsm`]: the RFC 4271 session state machine, pure (events in, actions out);
 //! - [`rib`]: Adj-RIB-In, Loc-RIB best path with ECMP, Adj-RIB-Out;
+//! - [`converge`]: when the initial routing information is complete (RFC 4724 §4.1);
 //! - `session`: the tokio driver of one peer (sockets, timers, connection collisions);
 //! - [`speaker`]: the task owning the RIBs, and its [`SpeakerHandle`].
 
+pub mod aspath;
 pub mod codec;
 pub mod config;
+pub mod converge;
 pub mod fsm;
 pub mod pack;
 pub mod rib;

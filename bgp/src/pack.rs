@@ -11,8 +11,9 @@ use netgauze_bgp_pkt::BgpMessage;
 use netgauze_bgp_pkt::community::{Community, LargeCommunity};
 use netgauze_bgp_pkt::nlri::{Ipv4Unicast, Ipv4UnicastAddress, Ipv6Unicast, Ipv6UnicastAddress};
 use netgauze_bgp_pkt::path_attribute::{
-    As2PathSegment, As4PathSegment, AsPath, AsPathSegmentType, Communities, LargeCommunities,
-    LocalPreference, MpReach, MpUnreach, NextHop, Origin, PathAttribute, PathAttributeValue,
+    As2PathSegment, As4Path, As4PathSegment, AsPath, AsPathSegmentType, Communities,
+    LargeCommunities, LocalPreference, MpReach, MpUnreach, NextHop, Origin, PathAttribute,
+    PathAttributeValue,
 };
 use netgauze_bgp_pkt::update::BgpUpdateMessage;
 use netgauze_parse_utils::WritablePdu;
@@ -301,6 +302,19 @@ fn common_attributes(attrs: &ExportAttrs) -> Result<Vec<PathAttribute>, EncodeEr
             PathAttributeValue::Communities(Communities::new(list)),
         )?);
     }
+    // RFC 6793 §4.2.2: a 2-octet peer sees AS_TRANS for 4-octet ASes in AS_PATH, and the
+    // real path in AS4_PATH (optional transitive, type 17).
+    if !attrs.asn4 && attrs.as_path.iter().any(|&a| u16::try_from(a).is_err()) {
+        out.push(attr(
+            true,
+            true,
+            false,
+            PathAttributeValue::As4Path(As4Path::new(vec![As4PathSegment::new(
+                AsPathSegmentType::AsSequence,
+                attrs.as_path.clone(),
+            )])),
+        )?);
+    }
     if !attrs.large_communities.is_empty() {
         let list: Vec<LargeCommunity> = attrs
             .large_communities
@@ -421,6 +435,14 @@ mod tests {
             "announce_v4_over_v6_rfc8950",
             &announcements(Family::Ipv4, &v6_session(ebgp_v4()), &v4, MAX_MESSAGE_LEN).unwrap(),
         );
+        let two_octet_peer = ExportAttrs {
+            asn4: false,
+            ..ebgp_v4()
+        };
+        golden(
+            "announce_v4_ebgp_2_octet_peer",
+            &announcements(Family::Ipv4, &two_octet_peer, &v4, MAX_MESSAGE_LEN).unwrap(),
+        );
         golden(
             "withdraw",
             &[
@@ -458,6 +480,36 @@ mod tests {
         let u = &decode_all(&frames)[0];
         assert_eq!(u.reach[0].prefixes, v6);
         assert_eq!(u.reach[0].next_hop_local, Some("fe80::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_two_octet_peer_gets_as_trans_and_as4_path() {
+        let attrs = ExportAttrs {
+            asn4: false,
+            ..ebgp_v4()
+        };
+        let frames = announcements(Family::Ipv4, &attrs, &hosts_v4(2), MAX_MESSAGE_LEN).unwrap();
+        // AS_PATH as the peer reads it: one 2-octet AS_TRANS.
+        let as_path = [0x40, 2, 4, 2, 1, 0x5b, 0xa0];
+        assert!(
+            frames[0].windows(7).any(|w| w == as_path),
+            "{:02x?}",
+            frames[0]
+        );
+        // The 2-octet peer's decoding restores our AS from AS4_PATH.
+        let u = match decode(&frames[0], DecodeContext { asn4: false }).unwrap() {
+            Message::Update(u) => u,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(u.attrs.as_path, vec![4_200_000_001]);
+        assert!(u.discarded_attributes.is_empty());
+        // A 2-octet AS of ours needs no AS4_PATH.
+        let attrs = ExportAttrs {
+            as_path: vec![65010],
+            ..attrs
+        };
+        let frames = announcements(Family::Ipv4, &attrs, &hosts_v4(2), MAX_MESSAGE_LEN).unwrap();
+        assert!(!frames[0].windows(2).any(|w| w == [0xc0, 17]));
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub enum RouteEvent {
         /// The destination.
         prefix: IpNet,
     },
+    /// The initial routing information is complete (RFC 4724 §4.1; see [`crate::converge`]):
+    /// every peer configured at start has sent its End-of-RIB (or is not expected to), or the
+    /// selection-deferral timer ran out. Sent exactly once per speaker, after the routes it
+    /// covers. Learned routes a previous run left in the kernel and not installed by now may
+    /// be deleted; until then they keep forwarding.
+    Converged,
 }
 
 /// Identifies a peer inside one speaker.

@@ -374,6 +374,9 @@ impl Session {
                         if let Some(why) = &u.treat_as_withdraw {
                             warn!(peer = %self.cfg.name, "UPDATE treated as withdraw (RFC 7606): {why}");
                         }
+                        for why in &u.discarded_attributes {
+                            warn!(peer = %self.cfg.name, "attribute discarded (RFC 7606): {why}");
+                        }
                         Event::Message(Message::Update(u))
                     }
                     Ok(m) => Event::Message(m),

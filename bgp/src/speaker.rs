@@ -26,7 +26,8 @@ use tracing::{info, warn};
 
 use crate::codec::{self, Capabilities, Family, GracefulRestart, PathAttrs};
 use crate::config::{ImportPolicy, PeerConfig, SpeakerConfig};
-use crate::fsm::{DownReason, FsmConfig, Negotiated, State};
+use crate::converge::{Convergence, SessionUp};
+use crate::fsm::{FsmConfig, Negotiated, State};
 use crate::pack::{self, Encoding, ExportAttrs, NextHopSelf};
 use crate::rib::{AdjRibIn, AdjRibOut, ImportFilter, LocRib, PeerId, PeerKind, RouteEvent};
 use crate::session::{self, Command, Report, ReportKind, Session};
@@ -263,10 +264,14 @@ impl Speaker {
             events,
             reports_tx,
             listener: listener.as_ref().map(|(l, local)| (Arc::clone(l), *local)),
+            convergence: Convergence::new([]),
+            deferral_deadline: Instant::now() + config.selection_deferral,
         };
         for peer in config.peers {
             task.add_peer(peer)?;
         }
+        task.convergence = Convergence::new(task.peers.keys().copied());
+        task.report_convergence();
         if let Some((l, _)) = listener {
             let requests = requests.clone();
             tokio::spawn(async move {
@@ -354,12 +359,17 @@ struct SpeakerTask {
     events: mpsc::UnboundedSender<RouteEvent>,
     reports_tx: mpsc::UnboundedSender<Report>,
     listener: Option<(Arc<TcpListener>, SocketAddr)>,
+    /// Whether the initial routing information is complete (RFC 4724 §4.1).
+    convergence: Convergence,
+    /// When the selection-deferral timer ends the wait for End-of-RIBs.
+    deferral_deadline: Instant,
 }
 
 enum Input {
     Request(Request),
     Report(Report),
     StaleTimer,
+    DeferralTimer,
     Closed,
 }
 
@@ -371,10 +381,12 @@ impl SpeakerTask {
     ) {
         loop {
             let stale = self.peers.values().filter_map(|p| p.stale_until).min();
+            let deferring = self.convergence.is_waiting();
             let input = tokio::select! {
                 r = requests.recv() => r.map_or(Input::Closed, Input::Request),
                 Some(r) = reports.recv() => Input::Report(r),
                 _ = tokio::time::sleep_until(stale.unwrap_or_else(Instant::now)), if stale.is_some() => Input::StaleTimer,
+                _ = tokio::time::sleep_until(self.deferral_deadline), if deferring => Input::DeferralTimer,
             };
             let mut next = Some(input);
             // Drain what is already queued before flushing: bursts coalesce.
@@ -395,7 +407,14 @@ impl SpeakerTask {
                     Input::Request(r) => self.request(r),
                     Input::Report(r) => self.report(r),
                     Input::StaleTimer => self.purge_expired_stale(),
+                    Input::DeferralTimer => {
+                        info!(
+                            "selection deferral timer expired: initial routing information taken as complete"
+                        );
+                        self.convergence.deferral_expired();
+                    }
                 }
+                self.report_convergence();
                 budget -= 1;
                 if budget > 0 {
                     next = match reports.try_recv() {
@@ -437,6 +456,7 @@ impl SpeakerTask {
             asn4: Some(self.asn),
             graceful_restart: self.graceful_restart.map(|gr| GracefulRestart {
                 restarting: gr.restarting,
+                notification: true,
                 restart_time: gr.restart_time,
                 families: families.iter().map(|f| (*f, gr.restarting)).collect(),
             }),
@@ -516,6 +536,7 @@ impl SpeakerTask {
                         let gone = p.adj_in.clear();
                         self.recompute(gone);
                     }
+                    self.convergence.peer_removed(id);
                 });
                 let _ = done.send(result);
             }
@@ -588,6 +609,7 @@ impl SpeakerTask {
     fn report(&mut self, r: Report) {
         let asn = self.asn;
         let helper = self.graceful_restart.is_some();
+        let convergence = &mut self.convergence;
         let Some(peer) = self.peers.get_mut(&r.peer) else {
             return;
         };
@@ -607,6 +629,15 @@ impl SpeakerTask {
                 // A restarting peer without graceful restart this time: its stale routes go.
                 let purge =
                     peer.stale_until.is_some() && negotiated.peer_graceful_restart.is_none();
+                convergence.session_up(
+                    r.peer,
+                    match &negotiated.peer_graceful_restart {
+                        Some(gr) if helper && !gr.restarting => {
+                            SessionUp::AwaitEndOfRib(negotiated.families.clone())
+                        }
+                        _ => SessionUp::NotAwaited,
+                    },
+                );
                 peer.session = Some(Established {
                     epoch,
                     negotiated: *negotiated,
@@ -623,11 +654,10 @@ impl SpeakerTask {
                 }
             }
             ReportKind::Down(reason) => {
-                let gr = peer
-                    .session
-                    .take()
-                    .and_then(|s| s.negotiated.peer_graceful_restart)
-                    .filter(|_| helper && reason == DownReason::ConnectionLost);
+                let gr = peer.session.take().and_then(|s| {
+                    let keep = helper && reason.keeps_routes(s.negotiated.graceful_notification);
+                    s.negotiated.peer_graceful_restart.filter(|_| keep)
+                });
                 match gr {
                     Some(gr) if gr.restart_time > 0 => {
                         info!(peer = %peer.cfg.name, "peer restarting gracefully: keeping its routes for {} s", gr.restart_time);
@@ -644,6 +674,7 @@ impl SpeakerTask {
             }
             ReportKind::Update(update) => {
                 if let Some(family) = update.end_of_rib {
+                    convergence.end_of_rib(r.peer, family);
                     let gone = peer.adj_in.purge_stale(Some(family));
                     if peer.stale_until.is_some() {
                         info!(peer = %peer.cfg.name, "End-of-RIB for {family}: {} stale routes purged", gone.len());
@@ -669,6 +700,15 @@ impl SpeakerTask {
                 }
                 _ => {}
             },
+        }
+    }
+
+    /// Emits [`RouteEvent::Converged`] once convergence is reached (after the route events
+    /// that led to it).
+    fn report_convergence(&mut self) {
+        if self.convergence.take_converged() {
+            info!("initial routing information complete");
+            let _ = self.events.send(RouteEvent::Converged);
         }
     }
 
@@ -892,5 +932,47 @@ fn snapshot(p: &PeerEntry) -> PeerSnapshot {
         advertised: p.adj_out.advertised(),
         stale: p.stale_until.is_some(),
         refreshes_answered: p.refreshes_answered,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(peers: Vec<PeerConfig>) -> SpeakerConfig {
+        SpeakerConfig {
+            asn: 65010,
+            router_id: std::net::Ipv4Addr::new(192, 0, 2, 1),
+            listen: None,
+            peers,
+            graceful_restart: None,
+            export: Vec::new(),
+            selection_deferral: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn converged_comes_at_once_without_peers() {
+        let (handle, mut events) = Speaker::start(config(Vec::new())).await.unwrap();
+        assert_eq!(events.recv().await, Some(RouteEvent::Converged));
+        handle.shutdown(Shutdown::Graceful).await.unwrap();
+        assert_eq!(events.recv().await, None, "nothing after it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deferral_timer_ends_the_wait_for_a_peer_that_never_comes() {
+        let mut peer = PeerConfig::new("tor1", "192.0.2.0".parse().unwrap(), 65001);
+        peer.passive = true;
+        let (handle, mut events) = Speaker::start(config(vec![peer])).await.unwrap();
+        let early = tokio::time::timeout(Duration::from_secs(59), events.recv()).await;
+        assert!(
+            early.is_err(),
+            "nothing before the deferral timer: {early:?}"
+        );
+        assert_eq!(events.recv().await, Some(RouteEvent::Converged));
+        // Exactly once.
+        let later = tokio::time::timeout(Duration::from_secs(600), events.recv()).await;
+        assert!(later.is_err(), "{later:?}");
+        handle.shutdown(Shutdown::Graceful).await.unwrap();
     }
 }

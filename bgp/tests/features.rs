@@ -6,10 +6,12 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use common::*;
+use ipnet::IpNet;
 use skog_bgp::config::GracefulRestartConfig;
 use skog_bgp::fsm::State;
 use skog_bgp::{RouteEvent, Shutdown};
@@ -174,6 +176,98 @@ fn speaker_restart_under_graceful_restart_keeps_our_routes_at_the_tor() {
     assert_eq!(tor_kernel_gateways(&tb, tor, kept), Some(hv_v4.to_vec()));
     second.stop(Shutdown::Withdraw("test over".into()));
     wait_tor_kernel(&tb, tor, kept, &[]);
+}
+
+/// The prefixes installed before the first `Converged`, and how many `Converged` there were.
+fn installed_before_converged(events: &[RouteEvent]) -> (BTreeSet<IpNet>, usize) {
+    let at = events
+        .iter()
+        .position(|e| *e == RouteEvent::Converged)
+        .unwrap_or(events.len());
+    let installed = events[..at]
+        .iter()
+        .filter_map(|e| match e {
+            RouteEvent::Install { prefix, .. } => Some(*prefix),
+            _ => None,
+        })
+        .collect();
+    let count = events
+        .iter()
+        .filter(|e| **e == RouteEvent::Converged)
+        .count();
+    (installed, count)
+}
+
+/// `Converged` came once, after every route of `want` was installed.
+fn assert_converged_after(speaker: &Running, want: &BTreeSet<IpNet>) {
+    let (installed, count) = installed_before_converged(&speaker.events.lock().unwrap());
+    assert_eq!(count, 1, "Converged exactly once");
+    let missing: Vec<&IpNet> = want.difference(&installed).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} routes installed before Converged; missing e.g. {missing:?}",
+        installed.len(),
+        want.len()
+    );
+}
+
+#[test]
+fn speaker_restart_reports_converged_after_the_tors_routes_and_end_of_rib() {
+    let mut tb = Testbed::new("bgp_gr_converged").unwrap();
+    let tor = tb.add_tor("tor1", TorDaemon::Bird, 65001).unwrap();
+    let hv = tb.add_hypervisor("hv1", HV_ASN).unwrap();
+    tb.link(hv, tor).unwrap();
+    // Enough routes that End-of-RIB comes well after the session is up.
+    let extra: Vec<IpNet> = (0u128..3000)
+        .map(|i| {
+            IpNet::from(IpAddr::from(std::net::Ipv6Addr::from(
+                0x2001_0db8_0200_u128 << 80 | i,
+            )))
+        })
+        .collect();
+    tb.set_tor_options(
+        tor,
+        TorOptions {
+            extra_routes: extra.clone(),
+            ..TorOptions::default()
+        },
+    )
+    .unwrap();
+    tb.start_tor(tor).unwrap();
+    tb.tor(tor).unwrap().cli("enable extra6").unwrap();
+    let mut want: BTreeSet<IpNet> = extra.into_iter().collect();
+    want.extend([net("0.0.0.0/0"), net("::/0")]);
+    let config = |restarting| {
+        let mut cfg = speaker_config(&tb, hv, Some(GracefulRestartConfig { restarting, ..GR }));
+        for p in &mut cfg.peers {
+            p.import.prefixes = vec![net("2001:db8:200::/48")];
+        }
+        // Far beyond the test's wait: only End-of-RIB can end the deferral.
+        cfg.selection_deferral = Duration::from_secs(600);
+        cfg
+    };
+    let wait_converged = |speaker: &Running| {
+        wait_until("Converged", CONVERGE, || {
+            let events = speaker.events.lock().unwrap();
+            match installed_before_converged(&events) {
+                (_, 0) => Err(format!("{} events", events.len())),
+                _ => Ok(()),
+            }
+        })
+        .unwrap();
+    };
+
+    let first = start_speaker(&tb, hv, config(false));
+    wait_converged(&first);
+    assert_converged_after(&first, &want);
+    first.stop(Shutdown::Graceful);
+
+    // Restarting: the routes the first run installed are still in the kernel; the consumer
+    // learns from Converged when the ToR has sent its whole table again.
+    let second = start_speaker(&tb, hv, config(true));
+    wait_converged(&second);
+    assert_converged_after(&second, &want);
+    second.stop(Shutdown::Withdraw("test over".into()));
 }
 
 #[test]
@@ -342,4 +436,63 @@ fn ipv4_over_an_ipv6_session_with_frr() {
         .unwrap();
     assert!(raw.contains("via inet6"), "{raw}");
     speaker.stop(Shutdown::Withdraw("test over".into()));
+}
+
+#[test]
+fn rfc8538_with_frr_a_plain_cease_keeps_routes_and_our_stop_is_a_hard_reset() {
+    let mut tb = Testbed::new("bgp_rfc8538").unwrap();
+    let tor = tb.add_tor("tor1", TorDaemon::Frr, 65001).unwrap();
+    let hv = tb.add_hypervisor("hv1", HV_ASN).unwrap();
+    let up = tb.link(hv, tor).unwrap();
+    tb.start_tor(tor).unwrap();
+    // A restart time far beyond the waits below: stale routes would outlive them.
+    let gr = GracefulRestartConfig {
+        restart_time: 300,
+        restarting: false,
+    };
+    let mut cfg = speaker_config(&tb, hv, Some(gr));
+    cfg.peers.retain(|p| p.name == "tor1_v4");
+    let ours = net("198.51.100.10/32");
+    cfg.export = vec![ours];
+    let speaker = start_speaker(&tb, hv, cfg);
+    speaker.wait_established(&["tor1_v4"]);
+    let first = speaker.peer("tor1_v4");
+    assert!(first.negotiated.unwrap().graceful_notification, "N bit");
+    speaker.wait_learned("0.0.0.0/0", &[IpAddr::from(up.tor_v4)]);
+    wait_tor_kernel(&tb, tor, ours, &[IpAddr::from(up.hv_v4)]);
+
+    // FRR resets the session with a plain Cease / Administrative Reset: under RFC 8538 that is
+    // a graceful restart, and we keep its default route while the session comes back.
+    let t = tb.tor(tor).unwrap();
+    t.cli("configure terminal\nrouter bgp 65001\nno bgp hard-administrative-reset")
+        .unwrap();
+    t.cli(&format!("clear bgp {}", up.hv_v4)).unwrap();
+    wait_until("a new session", CONVERGE, || {
+        let p = speaker.peer("tor1_v4");
+        if p.state == State::Established && p.established_since != first.established_since {
+            Ok(())
+        } else {
+            Err(format!("{:?} {:?}", p.state, p.last_error))
+        }
+    })
+    .unwrap();
+    let reset = speaker.peer("tor1_v4").last_error.unwrap_or_default();
+    assert!(
+        reset.contains("(6/4)"),
+        "FRR sent Administrative Reset: {reset}"
+    );
+    let removed: Vec<RouteEvent> = speaker
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, RouteEvent::Remove { .. }))
+        .cloned()
+        .collect();
+    assert!(removed.is_empty(), "routes kept: {removed:?}");
+
+    // Our administrative stop is a Hard Reset: FRR drops our route now rather than keeping it
+    // stale for 300 s.
+    speaker.stop(Shutdown::Withdraw("test over".into()));
+    wait_tor_kernel(&tb, tor, ours, &[]);
 }

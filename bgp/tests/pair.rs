@@ -9,9 +9,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use skog_bgp::config::ImportPolicy;
+use skog_bgp::config::{GracefulRestartConfig, ImportPolicy};
 use skog_bgp::fsm::State;
-use skog_bgp::{PeerConfig, Shutdown, Speaker, SpeakerConfig, SpeakerHandle};
+use skog_bgp::{PeerConfig, RouteEvent, Shutdown, Speaker, SpeakerConfig, SpeakerHandle};
 use skog_testbed::{Testbed, wait_until};
 
 fn config(me: u8, other: u8) -> SpeakerConfig {
@@ -36,8 +36,12 @@ fn config(me: u8, other: u8) -> SpeakerConfig {
         router_id: Ipv4Addr::new(192, 0, 2, me),
         listen: Some(SocketAddr::new(addr(me), 179)),
         peers: vec![peer],
-        graceful_restart: None,
+        graceful_restart: Some(GracefulRestartConfig {
+            restart_time: 120,
+            restarting: false,
+        }),
         export: Vec::new(),
+        selection_deferral: Duration::from_secs(600),
     }
 }
 
@@ -75,12 +79,19 @@ fn two_speakers_collide_settle_and_exchange_routes() {
                 .map(|a| IpNet::from(IpAddr::V4(Ipv4Addr::from(a))))
         })
         .collect();
+    // Each side's initial routing information is complete once the other's End-of-RIB (sent
+    // after its empty initial table) arrived; the deferral timer (600 s) plays no part.
+    for events in [&mut a_events, &mut b_events] {
+        let first = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(30), events.recv()).await });
+        assert_eq!(first.unwrap(), Some(RouteEvent::Converged));
+    }
     a.announce(prefixes.clone()).unwrap();
     let mut learned = std::collections::BTreeSet::new();
     rt.block_on(async {
         while learned.len() < prefixes.len() {
             match tokio::time::timeout(Duration::from_secs(30), b_events.recv()).await {
-                Ok(Some(skog_bgp::RouteEvent::Install { prefix, next_hops })) => {
+                Ok(Some(RouteEvent::Install { prefix, next_hops })) => {
                     assert_eq!(next_hops, vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1))]);
                     learned.insert(prefix);
                 }
@@ -96,7 +107,7 @@ fn two_speakers_collide_settle_and_exchange_routes() {
     rt.block_on(async {
         for _ in 0..100 {
             match tokio::time::timeout(Duration::from_secs(30), b_events.recv()).await {
-                Ok(Some(skog_bgp::RouteEvent::Remove { prefix })) => {
+                Ok(Some(RouteEvent::Remove { prefix })) => {
                     assert!(prefixes[..100].contains(&prefix));
                 }
                 other => panic!("{other:?}"),
@@ -112,13 +123,16 @@ fn two_speakers_collide_settle_and_exchange_routes() {
     rt.block_on(async {
         for _ in 0..412 {
             match tokio::time::timeout(Duration::from_secs(30), b_events.recv()).await {
-                Ok(Some(skog_bgp::RouteEvent::Remove { .. })) => {}
+                Ok(Some(RouteEvent::Remove { .. })) => {}
                 other => panic!("{other:?}"),
             }
         }
     });
     assert!(rt.block_on(b.routes()).unwrap().is_empty());
-    assert!(a_events.try_recv().is_err(), "B announced nothing");
+    assert!(
+        a_events.try_recv().is_err(),
+        "B announced nothing, Converged came once"
+    );
     rt.block_on(a.shutdown(Shutdown::Withdraw("done".into())))
         .unwrap();
     rt.block_on(b.shutdown(Shutdown::Withdraw("done".into())))

@@ -34,5 +34,5 @@ pub use process::Process;
 pub use routes::KernelRoute;
 pub use rtnl::{RouteWatch, RouteWriter};
 pub use topology::{HvId, Hypervisor, Testbed, Tor, TorId, Uplink, Vm, VmId, VmSpec};
-pub use tor::{TorDaemon, TorOptions};
+pub use tor::{TorDaemon, TorNeighbor, TorOptions};
 pub use wait::wait_until;

@@ -423,6 +423,14 @@ impl Testbed {
                 });
             }
         }
+        for (i, n) in t.options.extra_neighbors.iter().enumerate() {
+            neighbors.push(Neighbor {
+                name: format!("extra_{i}"),
+                local: n.local,
+                remote: n.address,
+                remote_asn: n.asn,
+            });
+        }
         Ok(RouterConfig {
             asn: t.asn,
             router_id: t.router_id,

@@ -76,6 +76,26 @@ pub struct TorOptions {
     /// BIRD static protocols `extra4` / `extra6` that start disabled: `tor.cli("enable extra6")`
     /// releases them at a chosen moment (for "learned routes" benchmarks). BIRD only.
     pub extra_routes: Vec<ipnet::IpNet>,
+    /// eBGP multihop on every session: the TTL the ToR sends with and, with `ttl_security`,
+    /// the hop count it accepts (BIRD `multihop N`, FRR `ebgp-multihop N`). BIRD and FRR only.
+    pub multihop: Option<u8>,
+    /// GTSM (RFC 5082) on every session: BIRD `ttl security yes`, FRR `ttl-security hops N`
+    /// (N = `multihop`, or 1). BIRD and FRR only.
+    pub ttl_security: bool,
+    /// Sessions beyond the generated one per uplink address, e.g. to a speaker in a VM
+    /// namespace some hops away (the ToR needs a route back to it: add one to its namespace).
+    pub extra_neighbors: Vec<TorNeighbor>,
+}
+
+/// An extra BGP neighbour of a ToR (see [`TorOptions::extra_neighbors`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TorNeighbor {
+    /// The neighbour's address.
+    pub address: IpAddr,
+    /// Its AS.
+    pub asn: u32,
+    /// The ToR's source address for the session.
+    pub local: IpAddr,
 }
 
 const FRR_DIR: &str = "/usr/lib/frr";
@@ -107,10 +127,20 @@ pub(crate) fn bird_tor_config(cfg: &RouterConfig) -> String {
     for n in &cfg.neighbors {
         let ibgp = n.remote_asn == cfg.asn;
         let family = if n.remote.is_ipv4() { "ipv4" } else { "ipv6" };
-        let extra = if ibgp { " gateway direct;" } else { "" };
+        let extra = if ibgp && cfg.options.multihop.is_none() {
+            " gateway direct;"
+        } else {
+            ""
+        };
         let mut more = String::new();
         if let Some(pw) = &cfg.options.md5_password {
             let _ = write!(more, "\n  password \"{pw}\";");
+        }
+        if let Some(hops) = cfg.options.multihop {
+            let _ = write!(more, "\n  multihop {hops};");
+        }
+        if cfg.options.ttl_security {
+            let _ = write!(more, "\n  ttl security yes;");
         }
         if cfg.options.extended_next_hop && n.remote.is_ipv6() {
             let _ = write!(
@@ -130,8 +160,10 @@ pub(crate) fn bird_tor_config(cfg: &RouterConfig) -> String {
             ras = n.remote_asn,
             // iBGP is multihop in BIRD unless told otherwise, and multihop cannot use
             // `gateway direct`; the neighbours are on the link.
-            rr = if ibgp {
+            rr = if ibgp && cfg.options.multihop.is_none() {
                 "\n  rr client;\n  direct;"
+            } else if ibgp {
+                "\n  rr client;"
             } else {
                 ""
             },
@@ -190,6 +222,21 @@ pub(crate) fn frr_bgpd_config(hostname: &str, cfg: &RouterConfig) -> String {
         let _ = writeln!(s, " neighbor {} timers connect 1", n.remote);
         if let Some(pw) = &cfg.options.md5_password {
             let _ = writeln!(s, " neighbor {} password {pw}", n.remote);
+        }
+        // FRR takes one of the two: GTSM bounds the hops itself.
+        match (cfg.options.ttl_security, cfg.options.multihop) {
+            (true, hops) => {
+                let _ = writeln!(
+                    s,
+                    " neighbor {} ttl-security hops {}",
+                    n.remote,
+                    hops.unwrap_or(1)
+                );
+            }
+            (false, Some(hops)) => {
+                let _ = writeln!(s, " neighbor {} ebgp-multihop {hops}", n.remote);
+            }
+            (false, None) => {}
         }
         if enhe && n.remote.is_ipv6() {
             let _ = writeln!(s, " neighbor {} capability extended-nexthop", n.remote);
@@ -531,6 +578,7 @@ mod tests {
             md5_password: Some("s3cret".into()),
             extended_next_hop: true,
             extra_routes: vec!["2001:db8:200::1/128".parse().unwrap()],
+            ..TorOptions::default()
         };
         let bird = bird_tor_config(&c);
         assert!(bird.contains("password \"s3cret\";"));
@@ -545,6 +593,26 @@ mod tests {
         let v4 = v4.split("exit-address-family").next().unwrap();
         assert!(v4.contains("neighbor 2001:db8:ffff:1::2 activate"));
         assert!(gobgp_config(&c).contains("auth-password = \"s3cret\""));
+    }
+
+    #[test]
+    fn options_add_multihop_and_ttl_security() {
+        let mut c = cfg();
+        c.options.multihop = Some(2);
+        let bird = bird_tor_config(&c);
+        assert!(bird.contains("multihop 2;"));
+        assert!(
+            !bird.contains("gateway direct"),
+            "multihop iBGP resolves recursively"
+        );
+        let frr = frr_bgpd_config("tor1", &c);
+        assert!(frr.contains("neighbor 192.0.2.1 ebgp-multihop 2"));
+        c.options.multihop = None;
+        c.options.ttl_security = true;
+        assert!(bird_tor_config(&c).contains("ttl security yes;"));
+        let frr = frr_bgpd_config("tor1", &c);
+        assert!(frr.contains("neighbor 192.0.2.1 ttl-security hops 1"));
+        assert!(!frr.contains("ebgp-multihop"));
     }
 
     #[test]

@@ -479,6 +479,72 @@ fn manual_stop_sends_an_rfc8203_shutdown_and_does_not_restart() {
     assert!(fsm.handle(Event::TimerExpired(Timer::IdleHold)).is_empty());
 }
 
+/// An Established session where both sides (`ours`, `theirs`) offered graceful restart with
+/// or without the RFC 8538 N bit.
+fn established_with_gr(ours: bool, theirs: bool) -> Fsm {
+    let gr = |notification| {
+        Some(GracefulRestart {
+            restarting: false,
+            notification,
+            restart_time: 120,
+            families: vec![(Family::Ipv4, false)],
+        })
+    };
+    let mut fsm = Fsm::new(FsmConfig {
+        capabilities: Capabilities {
+            graceful_restart: gr(ours),
+            ..caps()
+        },
+        ..cfg()
+    });
+    let mut open = peer_open();
+    open.capabilities.graceful_restart = gr(theirs);
+    for e in [
+        Event::ManualStart,
+        Event::TcpConnected,
+        msg(Message::Open(open)),
+        msg(Message::Keepalive),
+    ] {
+        fsm.handle(e);
+    }
+    assert_eq!(fsm.state(), State::Established);
+    fsm
+}
+
+#[test]
+fn manual_stop_with_the_n_bit_sends_a_hard_reset_carrying_the_shutdown() {
+    let mut fsm = established_with_gr(true, true);
+    assert!(fsm.negotiated().unwrap().graceful_notification);
+    let a = fsm.handle(Event::ManualStop { text: "bye".into() });
+    let Some(Action::Down(DownReason::Sent(n))) =
+        a.iter().find(|a| matches!(a, Action::Down(_))).cloned()
+    else {
+        panic!("{a:?}")
+    };
+    assert_eq!((n.code, n.subcode), (6, 9));
+    let inner = n.hard_reset_inner().unwrap();
+    assert_eq!((inner.code, inner.subcode), (6, 2));
+    assert_eq!(inner.shutdown_text().as_deref(), Some("bye"));
+    assert!(!DownReason::Sent(n).keeps_routes(true), "Hard Reset: no GR");
+    // One side without the N bit: a plain Cease.
+    let mut fsm = established_with_gr(true, false);
+    assert!(!fsm.negotiated().unwrap().graceful_notification);
+    let a = fsm.handle(Event::ManualStop { text: "bye".into() });
+    assert_eq!(sent_notification(&a), Some((6, 2)));
+}
+
+#[test]
+fn with_the_n_bit_notifications_other_than_hard_reset_keep_the_routes() {
+    let cease = Notification::cease_with_text(err::CEASE_ADMIN_RESET, "reset");
+    let hold = Notification::new(err::HOLD_EXPIRED, 0);
+    assert!(DownReason::ConnectionLost.keeps_routes(false));
+    assert!(DownReason::Received(cease.clone()).keeps_routes(true));
+    assert!(DownReason::Sent(hold.clone()).keeps_routes(true));
+    assert!(!DownReason::Received(cease.clone()).keeps_routes(false));
+    assert!(!DownReason::Sent(hold).keeps_routes(false));
+    assert!(!DownReason::Received(Notification::hard_reset(&cease)).keeps_routes(true));
+}
+
 #[test]
 fn manual_stop_before_open_only_closes() {
     let mut fsm = in_state(State::Connect);

@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use skog_bgp::config::GracefulRestartConfig;
 use skog_bgp::fsm::State;
 use skog_bgp::{PeerConfig, PeerSnapshot, RouteEvent, Speaker, SpeakerConfig, SpeakerHandle};
-use skog_testbed::{HvId, Testbed, TorId, wait_until};
+use skog_testbed::{HvId, Netns, Testbed, TorId, wait_until};
 
 pub const CONVERGE: Duration = Duration::from_secs(60);
 pub const HV_ASN: u32 = 4_200_000_001;
@@ -52,6 +52,7 @@ pub fn speaker_config(tb: &Testbed, hv: HvId, gr: Option<GracefulRestartConfig>)
         peers,
         graceful_restart: gr,
         export: Vec::new(),
+        selection_deferral: skog_bgp::config::DEFAULT_SELECTION_DEFERRAL,
     }
 }
 
@@ -59,7 +60,12 @@ pub fn speaker_config(tb: &Testbed, hv: HvId, gr: Option<GracefulRestartConfig>)
 /// hypervisor's kernel with `ip route replace` (the agent's route programmer does that in
 /// production), so tests can look at the kernel.
 pub fn start_speaker(tb: &Testbed, hv: HvId, cfg: SpeakerConfig) -> Running {
-    let ns = tb.hv(hv).unwrap().ns();
+    start_speaker_in(tb.hv(hv).unwrap().ns(), cfg)
+}
+
+/// Starts the speaker inside `ns` (a hypervisor's, or a VM's for multihop sessions); learned
+/// routes go to that namespace's kernel.
+pub fn start_speaker_in(ns: &Netns, cfg: SpeakerConfig) -> Running {
     let ns_name = ns.name().to_owned();
     let rt = ns.tokio_runtime(2).unwrap();
     // Spawned, not block_on'd: tasks run on the runtime's threads, inside the namespace.
@@ -77,6 +83,7 @@ pub fn start_speaker(tb: &Testbed, hv: HvId, cfg: SpeakerConfig) -> Running {
                 RouteEvent::Remove { prefix } => {
                     l.lock().unwrap().remove(prefix);
                 }
+                RouteEvent::Converged => {}
             }
             e.lock().unwrap().push(event);
         }
@@ -120,6 +127,7 @@ fn install(ns: &str, event: &RouteEvent) {
         RouteEvent::Remove { prefix } => {
             cmd.args(["route", "del", &prefix.to_string(), "proto", "bgp"]);
         }
+        RouteEvent::Converged => return,
     }
     let _ = cmd.output();
 }
@@ -159,6 +167,24 @@ impl Running {
             }
         })
         .unwrap();
+    }
+
+    /// The state of the peer named `name`.
+    pub fn peer(&self, name: &str) -> PeerSnapshot {
+        self.peers().into_iter().find(|p| p.name == name).unwrap()
+    }
+
+    /// Whether the peer `name` reaches Established within `within`.
+    pub fn establishes(&self, name: &str, within: Duration) -> bool {
+        wait_until(&format!("{name} established"), within, || {
+            let p = self.peer(name);
+            if p.state == State::Established {
+                Ok(())
+            } else {
+                Err(format!("{:?} {:?}", p.state, p.last_error))
+            }
+        })
+        .is_ok()
     }
 
     pub fn stop(self, how: skog_bgp::Shutdown) {
