@@ -107,8 +107,6 @@ pub struct Core {
     datastore_bgp: DatastoreBgp,
     /// Who the running speaker is.
     identity: Option<peers::Identity>,
-    /// When learned routes of a previous run may go even if BGP has not said it converged.
-    learned_deadline: Option<tokio::time::Instant>,
     /// Whether the speaker advertises graceful restart.
     graceful_restart: bool,
     in_sync: bool,
@@ -134,7 +132,6 @@ impl Core {
             peers: BTreeMap::new(),
             datastore_bgp: DatastoreBgp::default(),
             identity: None,
-            learned_deadline: None,
             graceful_restart: false,
             in_sync: false,
             ready: false,
@@ -176,7 +173,6 @@ impl Core {
                 _ = tick.tick() => {
                     self.parts.health.tick();
                     let _ = self.parts.notifier.watchdog();
-                    self.check_learned_deadline().await;
                 }
                 _ = observe.tick() => self.observe().await,
             }
@@ -316,11 +312,8 @@ impl Core {
         let export: Vec<IpNet> = self.announced.iter().copied().collect();
         let desired = peers::desired(file, &self.datastore_bgp);
         let cfg = peers::speaker_config(identity, file, &desired, self.parts.restarting, export);
-        // Learned routes a previous run left stay until the speaker converged, at most the
-        // restart time we advertise.
-        let wait = cfg.graceful_restart.map_or(Duration::ZERO, |gr| {
-            Duration::from_secs(gr.restart_time.into())
-        });
+        // Learned routes a previous run left stay until the speaker reports Converged (every
+        // peer's End-of-RIB, or its selection deferral timer).
         self.graceful_restart = cfg.graceful_restart.is_some();
         match skog_bgp::Speaker::start(cfg).await {
             Ok((handle, events)) => {
@@ -329,7 +322,6 @@ impl Core {
                     peers = desired.len(),
                     "BGP speaker started"
                 );
-                self.learned_deadline = Some(tokio::time::Instant::now() + wait);
                 self.speaker = Some(handle);
                 self.bgp_events = Some(events);
                 self.identity = Some(identity);
@@ -381,17 +373,6 @@ impl Core {
         }
     }
 
-    async fn check_learned_deadline(&mut self) {
-        if self
-            .learned_deadline
-            .is_some_and(|d| tokio::time::Instant::now() >= d)
-        {
-            self.learned_deadline = None;
-            info!("BGP convergence wait is over; stale learned routes may go");
-            self.program(self.parts.programmer.learned_complete().await);
-        }
-    }
-
     fn on_dataplane_event(&mut self, event: dataplane::RouteEvent) {
         let (prefix, announce) = match event {
             dataplane::RouteEvent::Announce(p) => (p, true),
@@ -438,6 +419,12 @@ impl Core {
             skog_bgp::RouteEvent::Remove { prefix } => {
                 self.route_since.remove(&prefix);
                 programmer.remove_learned_route(prefix).await
+            }
+            // Every peer re-sent its routes (End-of-RIB) or the deferral timer ran out: learned
+            // routes a previous run left and nobody re-announced may go now.
+            skog_bgp::RouteEvent::Converged => {
+                info!("BGP converged; stale learned routes may go");
+                programmer.learned_complete().await
             }
         };
         self.program(result);

@@ -87,6 +87,7 @@ pub fn speaker_config(
             }
         }),
         export,
+        selection_deferral: skog_bgp::config::DEFAULT_SELECTION_DEFERRAL,
     }
 }
 
