@@ -201,6 +201,7 @@ fn main() {
             let (endpoint_events, _) = tokio::sync::mpsc::unbounded_channel();
             let (programmer, _join) = Programmer::start(dataplane, endpoint_events).await.unwrap();
             programmer.desired_complete().await.unwrap();
+            programmer.learned_complete().await.unwrap();
             let (speaker, events) = Speaker::start(cfg).await.unwrap();
             tokio::spawn(feed(events, programmer.clone(), feed_last));
             (speaker, programmer)

@@ -145,29 +145,48 @@ pub fn compute(
             .endpoints
             .insert(ep.id.clone(), EndpointCheck { tap, problems });
     }
-    for route in learned.values() {
-        match learned_route(route, links, cfg) {
-            Err(problem) => {
-                desired.learned_problems.insert(route.prefix, problem);
-            }
-            Ok(kernel_route) => {
-                let key = RouteKey {
-                    dst: route.prefix.trunc(),
-                    metric: cfg.learned_metric,
-                };
-                if let Some((_, Owner::Endpoint(id))) = desired.routes.get(&key) {
-                    let problem =
-                        format!("prefix is a local route of endpoint {id}; not installed");
-                    desired.learned_problems.insert(route.prefix, problem);
-                    continue;
-                }
-                desired
-                    .routes
-                    .insert(key, (kernel_route, Owner::Learned(route.prefix)));
-            }
-        }
+    for (prefix, route) in learned {
+        update_learned(&mut desired, *prefix, Some(route), links, cfg);
     }
     desired
+}
+
+/// Brings the desired state of one learned route up to date (`route: None`: it is gone);
+/// returns its kernel key. A learned route never displaces an endpoint's route.
+pub fn update_learned(
+    desired: &mut Desired,
+    prefix: IpNet,
+    route: Option<&LearnedRoute>,
+    links: &HashMap<&str, &Link>,
+    cfg: &DataplaneConfig,
+) -> RouteKey {
+    let key = RouteKey {
+        dst: prefix.trunc(),
+        metric: cfg.learned_metric,
+    };
+    desired.learned_problems.remove(&prefix);
+    if let Some((_, Owner::Endpoint(id))) = desired.routes.get(&key) {
+        if route.is_some() {
+            let problem = format!("prefix is a local route of endpoint {id}; not installed");
+            desired.learned_problems.insert(prefix, problem);
+        }
+        return key;
+    }
+    match route.map(|r| learned_route(r, links, cfg)) {
+        Some(Ok(kernel_route)) => {
+            desired
+                .routes
+                .insert(key, (kernel_route, Owner::Learned(prefix)));
+        }
+        Some(Err(problem)) => {
+            desired.routes.remove(&key);
+            desired.learned_problems.insert(prefix, problem);
+        }
+        None => {
+            desired.routes.remove(&key);
+        }
+    }
+    key
 }
 
 fn learned_route(

@@ -7,8 +7,9 @@ use std::io;
 use std::num::NonZeroI32;
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
-use futures::{StreamExt, stream};
+use futures::stream::FuturesOrdered;
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_proto::ConnectionHandle;
@@ -180,20 +181,28 @@ impl Netlink {
     /// Sends `ops` in pipelined batches; returns one outcome per operation, in order. A delete
     /// of something already gone succeeds.
     pub async fn apply(&self, ops: &[Op]) -> Vec<Result<(), NetlinkError>> {
-        // Each batch future owns its data, so the pipeline borrows nothing.
-        let batches: Vec<_> = ops
-            .chunks(self.batch_size)
-            .map(|chunk| {
+        // Requests are built a batch at a time, as batches go out: a large apply (100,000
+        // learned routes) never holds every message at once.
+        let mut chunks = ops.chunks(self.batch_size);
+        let mut in_flight = FuturesOrdered::new();
+        let mut outcomes = Vec::with_capacity(ops.len());
+        loop {
+            while in_flight.len() < BATCHES_IN_FLIGHT {
+                let Some(chunk) = chunks.next() else { break };
                 let requests = chunk.iter().map(messages::op_request).collect();
                 let deletes = chunk.iter().map(is_delete).collect();
-                apply_batch(self.handle.clone(), requests, deletes, self.timeout)
-            })
-            .collect();
-        let outcomes: Vec<Vec<_>> = stream::iter(batches)
-            .buffered(BATCHES_IN_FLIGHT)
-            .collect()
-            .await;
-        outcomes.into_iter().flatten().collect()
+                in_flight.push_back(apply_batch(
+                    self.handle.clone(),
+                    requests,
+                    deletes,
+                    self.timeout,
+                ));
+            }
+            match in_flight.next().await {
+                Some(batch) => outcomes.extend(batch),
+                None => return outcomes,
+            }
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::desired::{self, Desired, Owner};
-use super::kernel::{KernelView, RouteTarget};
+use super::kernel::{KernelView, RouteKey, RouteTarget};
 use super::messages::{self, Message};
 use super::netlink::{self, Events, Netlink, NetlinkError};
 use super::reconcile::{self, Complete, Op, Ownership};
@@ -179,6 +179,8 @@ impl Programmer {
             announced: BTreeSet::new(),
             stats: Stats::default(),
             dirty: false,
+            dirty_learned: HashSet::new(),
+            dirty_routes: HashSet::new(),
             resync_due: false,
             replies: Vec::new(),
         };
@@ -221,7 +223,12 @@ struct Task {
     apply_errors: BTreeMap<Owner, String>,
     announced: BTreeSet<IpNet>,
     stats: Stats,
+    /// Something only a full recompute handles (endpoints, links, neighbours, completeness).
     dirty: bool,
+    /// Learned routes changed since the last reconcile (handled one by one).
+    dirty_learned: HashSet<IpNet>,
+    /// Routes the kernel reported changed since the last reconcile.
+    dirty_routes: HashSet<RouteKey>,
     resync_due: bool,
     replies: Vec<Reply>,
 }
@@ -252,6 +259,8 @@ impl Task {
                 self.resync().await;
             } else if self.dirty {
                 self.reconcile().await;
+            } else if !self.dirty_learned.is_empty() || !self.dirty_routes.is_empty() {
+                self.reconcile_routes().await;
             }
             if self.send_replies() {
                 return;
@@ -287,11 +296,13 @@ impl Task {
                 }
             }
             Command::SetLearned(route) => {
+                self.dirty_learned.insert(route.prefix);
                 self.learned.insert(route.prefix, route);
-                self.dirty = true;
             }
             Command::RemoveLearned(prefix) => {
-                self.dirty |= self.learned.remove(&prefix).is_some();
+                if self.learned.remove(&prefix).is_some() {
+                    self.dirty_learned.insert(prefix);
+                }
             }
             Command::DesiredComplete => {
                 self.complete.endpoints = true;
@@ -356,7 +367,7 @@ impl Task {
                     && self.view.routes.get(&key) != Some(&route)
                 {
                     self.view.routes.insert(key, route);
-                    self.dirty = true;
+                    self.dirty_routes.insert(key);
                 }
             }
             RouteNetlinkMessage::DelRoute(route) => {
@@ -368,7 +379,7 @@ impl Task {
                         .is_some_and(|r| r.protocol == route.protocol)
                 {
                     self.view.routes.remove(&key);
-                    self.dirty = true;
+                    self.dirty_routes.insert(key);
                 }
             }
             RouteNetlinkMessage::NewNeighbour(neigh) => {
@@ -412,6 +423,8 @@ impl Task {
 
     async fn reconcile(&mut self) {
         self.dirty = false;
+        self.dirty_learned.clear();
+        self.dirty_routes.clear();
         let links = self.view.links_by_name();
         self.desired = desired::compute(&self.endpoints, &self.learned, &links, &self.cfg);
         drop(links);
@@ -430,27 +443,12 @@ impl Task {
             }
         }
         let ops = reconcile::plan(&self.desired, &self.view, self.own, self.complete);
-        if !ops.is_empty() {
-            let started = Instant::now();
-            let outcomes = self.nl.apply(&ops).await;
-            self.stats.last_apply = Some(started.elapsed());
-            self.stats.kernel_writes += ops.len() as u64;
-            for (op, outcome) in ops.iter().zip(outcomes) {
-                match outcome {
-                    Ok(()) => reconcile::record(&mut self.view, op),
-                    Err(e) => {
-                        if matches!(e, NetlinkError::Timeout { .. }) {
-                            self.resync_due = true;
-                        }
-                        let what = describe(op);
-                        match reconcile::owner_of(op, &self.desired) {
-                            Some(owner) => {
-                                errors.insert(owner.clone(), format!("{what}: {e}"));
-                            }
-                            None => tracing::warn!("{what}: {e}"),
-                        }
-                    }
+        for (op, error) in self.write(&ops).await {
+            match reconcile::owner_of(&op, &self.desired) {
+                Some(owner) => {
+                    errors.insert(owner.clone(), error);
                 }
+                None => tracing::warn!("{error}"),
             }
         }
         for (owner, error) in &errors {
@@ -458,6 +456,75 @@ impl Task {
         }
         self.apply_errors = errors;
         self.announce();
+    }
+
+    /// Sends `ops`, records in the view what succeeded, and returns what failed, with why.
+    async fn write(&mut self, ops: &[Op]) -> Vec<(Op, String)> {
+        if ops.is_empty() {
+            return Vec::new();
+        }
+        let started = Instant::now();
+        let outcomes = self.nl.apply(ops).await;
+        self.stats.last_apply = Some(started.elapsed());
+        self.stats.kernel_writes += ops.len() as u64;
+        let mut failed = Vec::new();
+        for (op, outcome) in ops.iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => reconcile::record(&mut self.view, op),
+                Err(e) => {
+                    if matches!(e, NetlinkError::Timeout { .. }) {
+                        self.resync_due = true;
+                    }
+                    failed.push((op.clone(), format!("{}: {e}", describe(op))));
+                }
+            }
+        }
+        failed
+    }
+
+    /// The incremental path: only learned routes changed, or the kernel reported changes of
+    /// single routes. Each concerned route is brought in line on its own; nothing is
+    /// recomputed for the others (100,000 learned routes arrive in many small bursts).
+    async fn reconcile_routes(&mut self) {
+        let links = self.view.links_by_name();
+        let mut keys: HashSet<RouteKey> = std::mem::take(&mut self.dirty_routes);
+        for prefix in std::mem::take(&mut self.dirty_learned) {
+            let route = self.learned.get(&prefix);
+            keys.insert(desired::update_learned(
+                &mut self.desired,
+                prefix,
+                route,
+                &links,
+                &self.cfg,
+            ));
+        }
+        drop(links);
+        let mut keys: Vec<RouteKey> = keys.into_iter().collect();
+        keys.sort_unstable();
+        let ops = reconcile::plan_routes(&self.desired, &self.view, self.own, self.complete, &keys);
+        // The errors of the routes looked at are the ones of this round.
+        for key in &keys {
+            if let Some((_, owner @ Owner::Learned(_))) = self.desired.routes.get(key) {
+                self.apply_errors.remove(owner);
+            }
+        }
+        for (op, error) in self.write(&ops).await {
+            match reconcile::owner_of(&op, &self.desired) {
+                Some(owner) => {
+                    tracing::warn!("{owner:?}: {error}");
+                    self.apply_errors.insert(owner.clone(), error);
+                }
+                None => tracing::warn!("{error}"),
+            }
+        }
+        // Endpoint routes among them may have come or gone (a tap's route deleted by hand).
+        let endpoint_route = |k: &RouteKey| {
+            matches!(self.desired.routes.get(k), Some((_, Owner::Endpoint(_))))
+                || self.announced.contains(&k.dst)
+        };
+        if keys.iter().any(endpoint_route) {
+            self.announce();
+        }
     }
 
     fn announce(&mut self) {

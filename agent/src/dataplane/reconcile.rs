@@ -45,15 +45,20 @@ pub struct Complete {
     pub learned: bool,
 }
 
+impl Complete {
+    /// Whether an undesired route of `protocol` may be deleted.
+    fn deletes(self, own: Ownership, protocol: u8) -> bool {
+        let [endpoint_protocol, learned_protocol] = own.route_protocols;
+        (self.endpoints && protocol == endpoint_protocol)
+            || (self.learned && protocol == learned_protocol)
+    }
+}
+
 /// Operations that turn `actual` into `desired`, deletes first. Objects of ours that are not
 /// desired are deleted only when their part of the desired state is [`Complete`]; before that
 /// only creations and replacements are planned.
 pub fn plan(desired: &Desired, actual: &KernelView, own: Ownership, complete: Complete) -> Vec<Op> {
-    let [endpoint_protocol, learned_protocol] = own.route_protocols;
-    let deletable = |protocol: u8| {
-        (complete.endpoints && protocol == endpoint_protocol)
-            || (complete.learned && protocol == learned_protocol)
-    };
+    let deletable = |protocol: u8| complete.deletes(own, protocol);
     let mut ops = Vec::new();
     let mut stray: Vec<_> = actual
         .routes
@@ -101,6 +106,32 @@ pub fn plan(desired: &Desired, actual: &KernelView, own: Ownership, complete: Co
     writes.sort_by_key(op_sort_key);
     ops.extend(writes);
     ops
+}
+
+/// The operations for just the routes `keys` (sorted), as [`plan`] would plan them: the
+/// incremental path when only single routes changed.
+pub fn plan_routes(
+    desired: &Desired,
+    actual: &KernelView,
+    own: Ownership,
+    complete: Complete,
+    keys: &[RouteKey],
+) -> Vec<Op> {
+    let mut deletes = Vec::new();
+    let mut writes = Vec::new();
+    for key in keys {
+        match (desired.routes.get(key), actual.routes.get(key)) {
+            (Some((want, _)), have) if !have.is_some_and(|h| want.satisfied_by(h)) => {
+                writes.push(Op::ReplaceRoute(*key, want.clone()));
+            }
+            (None, Some(have)) if complete.deletes(own, have.protocol) => {
+                deletes.push(Op::DeleteRoute(*key, have.clone()));
+            }
+            _ => {}
+        }
+    }
+    deletes.extend(writes);
+    deletes
 }
 
 /// Deterministic order: routes before neighbours, each by key, so batches and tests are
