@@ -22,9 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use skog_agent::dataplane::{
-    DataplaneConfig, LearnedNextHop, LearnedRoute, Programmer, ProgrammerHandle,
-};
+use skog_agent::daemon::learned::Burst;
+use skog_agent::dataplane::{DataplaneConfig, Programmer, ProgrammerHandle};
 use skog_bgp::config::{DEFAULT_SELECTION_DEFERRAL, ImportPolicy};
 use skog_bgp::fsm::State;
 use skog_bgp::{PeerConfig, RouteEvent, Shutdown, Speaker, SpeakerConfig, SpeakerHandle};
@@ -106,31 +105,18 @@ fn learn_once(tb: &Testbed, tor: TorId, hv_ns: &Netns, proto: &str) -> f64 {
 type LastHandOff = Arc<Mutex<Option<Instant>>>;
 
 /// Feeds the speaker's route events to the programmer, as skogd does.
+/// What skogd does with the speaker's events (`skog_agent::daemon::learned`), noting when the
+/// last burst was handed over.
 async fn feed(
     mut events: tokio::sync::mpsc::UnboundedReceiver<RouteEvent>,
     programmer: ProgrammerHandle,
     last: LastHandOff,
 ) {
     while let Some(event) = events.recv().await {
-        let sent = match event {
-            RouteEvent::Install { prefix, next_hops } => {
-                programmer
-                    .set_learned_route(LearnedRoute {
-                        prefix,
-                        next_hops: next_hops
-                            .into_iter()
-                            .map(|gateway| LearnedNextHop {
-                                gateway,
-                                interface: None,
-                            })
-                            .collect(),
-                    })
-                    .await
-            }
-            RouteEvent::Remove { prefix } => programmer.remove_learned_route(prefix).await,
-            RouteEvent::Converged => Ok(()),
-        };
-        sent.unwrap();
+        Burst::take(event, &mut events)
+            .send(&programmer)
+            .await
+            .unwrap();
         *last.lock().unwrap() = Some(Instant::now());
     }
 }

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use super::convert;
+use super::learned::Burst;
 use super::peers;
 use super::policy::{PolicyChange, PolicyHandle};
 use crate::api::ApiRequest;
@@ -24,7 +25,7 @@ use crate::api::types::{
     DatastoreStatus, EndpointCounts, EndpointStatus, PeerCounts, PeerStatus, Rejected, RouteEntry,
     RouteFilter, Status, TraceQuery, TraceResult,
 };
-use crate::dataplane::{self, LearnedNextHop, LearnedRoute, ProgrammerHandle, TapState};
+use crate::dataplane::{self, ProgrammerHandle, TapState};
 use crate::datastore::status::{EndpointStatus as ReportedStatus, StatusUpdate};
 use crate::metrics::{Health, KindLabel, Metrics, PeerLabel, StateLabel};
 use crate::model::{DatastoreBgp, EndpointId, LocalEndpoint, ModelEvent, ModelStatus};
@@ -398,36 +399,27 @@ impl Core {
         }
     }
 
+    /// A burst of learned-route changes (this event and whatever is queued behind it) to the
+    /// programmer in one go.
     async fn on_bgp_event(&mut self, event: skog_bgp::RouteEvent) {
-        let programmer = &self.parts.programmer;
-        let result = match event {
-            skog_bgp::RouteEvent::Install { prefix, next_hops } => {
-                self.route_since.insert(prefix, Instant::now());
-                programmer
-                    .set_learned_route(LearnedRoute {
-                        prefix,
-                        next_hops: next_hops
-                            .into_iter()
-                            .map(|gateway| LearnedNextHop {
-                                gateway,
-                                interface: None,
-                            })
-                            .collect(),
-                    })
-                    .await
+        let Some(events) = self.bgp_events.as_mut() else {
+            return;
+        };
+        let burst = Burst::take(event, events);
+        let now = Instant::now();
+        for (prefix, next_hops) in &burst.changes {
+            if next_hops.is_some() {
+                self.route_since.insert(*prefix, now);
+            } else {
+                self.route_since.remove(prefix);
             }
-            skog_bgp::RouteEvent::Remove { prefix } => {
-                self.route_since.remove(&prefix);
-                programmer.remove_learned_route(prefix).await
-            }
+        }
+        if burst.converged {
             // Every peer re-sent its routes (End-of-RIB) or the deferral timer ran out: learned
             // routes a previous run left and nobody re-announced may go now.
-            skog_bgp::RouteEvent::Converged => {
-                info!("BGP converged; stale learned routes may go");
-                programmer.learned_complete().await
-            }
-        };
-        self.program(result);
+            info!("BGP converged; stale learned routes may go");
+        }
+        self.program(burst.send(&self.parts.programmer).await);
     }
 
     /// Reads the programmer and the speaker: metrics, endpoint status for the datastore.

@@ -13,6 +13,7 @@
 //! - [`core`]: the task where the pieces meet (see its documentation);
 //! - [`policy`]: the task that owns the compiler's input and the nftables applier;
 //! - [`convert`]: model → programmer and compiler input;
+//! - [`learned`]: learned routes from the speaker to the programmer, in bursts;
 //! - [`peers`]: configuration → BGP speaker, and what a reload changes.
 //!
 //! Start-up order: the route programmer first (it adopts the kernel), then the datastore. Once
@@ -22,6 +23,7 @@
 
 pub mod convert;
 pub mod core;
+pub mod learned;
 pub mod peers;
 pub mod policy;
 

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::kernel::{Hop, Link, Neigh, NeighKey, Route, RouteKey, RouteTarget};
+use super::kernel::{Hop, HopSets, Link, Neigh, NeighKey, Route, RouteKey, RouteTarget};
 use super::types::{DataplaneConfig, DesiredEndpoint, LearnedRoute, TapState};
 
 /// Who asked for a kernel object, to attribute errors.
@@ -61,6 +61,7 @@ pub fn compute(
     learned: &BTreeMap<IpNet, LearnedRoute>,
     links: &HashMap<&str, &Link>,
     cfg: &DataplaneConfig,
+    hop_sets: &mut HopSets,
 ) -> Desired {
     let mut desired = Desired::default();
     // Which endpoint claimed each destination first (endpoints are visited in id order, so the
@@ -146,7 +147,7 @@ pub fn compute(
             .insert(ep.id.clone(), EndpointCheck { tap, problems });
     }
     for (prefix, route) in learned {
-        update_learned(&mut desired, *prefix, Some(route), links, cfg);
+        update_learned(&mut desired, *prefix, Some(route), links, cfg, hop_sets);
     }
     desired
 }
@@ -159,6 +160,7 @@ pub fn update_learned(
     route: Option<&LearnedRoute>,
     links: &HashMap<&str, &Link>,
     cfg: &DataplaneConfig,
+    hop_sets: &mut HopSets,
 ) -> RouteKey {
     let key = RouteKey {
         dst: prefix.trunc(),
@@ -172,7 +174,7 @@ pub fn update_learned(
         }
         return key;
     }
-    match route.map(|r| learned_route(r, links, cfg)) {
+    match route.map(|r| learned_route(r, links, cfg, hop_sets)) {
         Some(Ok(kernel_route)) => {
             desired
                 .routes
@@ -193,6 +195,7 @@ fn learned_route(
     route: &LearnedRoute,
     links: &HashMap<&str, &Link>,
     cfg: &DataplaneConfig,
+    hop_sets: &mut HopSets,
 ) -> Result<Route, String> {
     if route.next_hops.is_empty() {
         return Err("no next hop".into());
@@ -230,7 +233,7 @@ fn learned_route(
     hops.dedup();
     Ok(Route {
         protocol: cfg.learned_protocol,
-        target: RouteTarget::Gateways(hops),
+        target: RouteTarget::Gateways(hop_sets.intern(hops)),
     })
 }
 
@@ -275,7 +278,13 @@ mod tests {
         let by_name = links.iter().map(|l| (l.name.as_str(), l)).collect();
         let eps = eps.into_iter().map(|e| (e.id.clone(), e)).collect();
         let learned = learned.into_iter().map(|r| (r.prefix, r)).collect();
-        compute(&eps, &learned, &by_name, &DataplaneConfig::default())
+        compute(
+            &eps,
+            &learned,
+            &by_name,
+            &DataplaneConfig::default(),
+            &mut HopSets::default(),
+        )
     }
 
     fn key(dst: &str) -> RouteKey {
@@ -413,16 +422,19 @@ mod tests {
         assert_eq!(owner, &Owner::Learned("192.0.2.128/25".parse().unwrap()));
         assert_eq!(
             route.target,
-            RouteTarget::Gateways(vec![
-                Hop {
-                    gateway: "192.0.2.0".parse().unwrap(),
-                    ifindex: None
-                },
-                Hop {
-                    gateway: "192.0.2.2".parse().unwrap(),
-                    ifindex: Some(12)
-                },
-            ])
+            RouteTarget::Gateways(
+                vec![
+                    Hop {
+                        gateway: "192.0.2.0".parse().unwrap(),
+                        ifindex: None
+                    },
+                    Hop {
+                        gateway: "192.0.2.2".parse().unwrap(),
+                        ifindex: Some(12)
+                    },
+                ]
+                .into()
+            )
         );
         assert_eq!(route.protocol, 84);
         assert_eq!(d.learned_problems.len(), 3, "{:?}", d.learned_problems);

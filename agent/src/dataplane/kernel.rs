@@ -2,8 +2,9 @@
 //! table by (destination, metric), neighbours by (interface, address, proxy or not). Both the
 //! desired state and the programmer's view of the actual state are expressed in these types.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -43,8 +44,9 @@ pub struct Hop {
 pub enum RouteTarget {
     /// Out of an interface, scope link (an endpoint's tap).
     Device(u32),
-    /// Through one or more gateways (sorted; several make an ECMP route).
-    Gateways(Vec<Hop>),
+    /// Through one or more gateways (sorted; several make an ECMP route). Shared: routes with
+    /// the same next hops hold one copy ([`HopSets`]).
+    Gateways(Arc<[Hop]>),
 }
 
 /// A route's content: who owns it and where it goes.
@@ -66,7 +68,7 @@ impl Route {
             (RouteTarget::Device(want), RouteTarget::Device(have)) => want == have,
             (RouteTarget::Gateways(want), RouteTarget::Gateways(have)) => {
                 want.len() == have.len()
-                    && want.iter().zip(have).all(|(w, h)| {
+                    && want.iter().zip(have.iter()).all(|(w, h)| {
                         w.gateway == h.gateway && (w.ifindex.is_none() || w.ifindex == h.ifindex)
                     })
             }
@@ -78,11 +80,56 @@ impl Route {
     pub fn ifindexes(&self) -> impl Iterator<Item = u32> + '_ {
         let (device, hops) = match &self.target {
             RouteTarget::Device(ifindex) => (Some(*ifindex), &[][..]),
-            RouteTarget::Gateways(hops) => (None, hops.as_slice()),
+            RouteTarget::Gateways(hops) => (None, &hops[..]),
         };
         device
             .into_iter()
             .chain(hops.iter().filter_map(|h| h.ifindex))
+    }
+}
+
+/// One copy of each next-hop set: the 100,000 routes learned from the same two ToRs share
+/// one allocation, in the desired state and in the view alike.
+#[derive(Debug, Default)]
+pub struct HopSets {
+    sets: HashSet<Arc<[Hop]>>,
+}
+
+impl HopSets {
+    /// The shared copy of `hops`.
+    pub fn intern(&mut self, hops: impl Into<Arc<[Hop]>>) -> Arc<[Hop]> {
+        let hops = hops.into();
+        if let Some(known) = self.sets.get(&hops) {
+            return Arc::clone(known);
+        }
+        self.sets.insert(Arc::clone(&hops));
+        hops
+    }
+
+    /// `route` with its next hops shared.
+    pub fn route(&mut self, route: Route) -> Route {
+        match route.target {
+            RouteTarget::Gateways(hops) => Route {
+                target: RouteTarget::Gateways(self.intern(hops)),
+                ..route
+            },
+            RouteTarget::Device(_) => route,
+        }
+    }
+
+    /// Forgets the sets no route uses any more.
+    pub fn prune(&mut self) {
+        self.sets.retain(|set| Arc::strong_count(set) > 1);
+    }
+
+    /// Number of distinct sets held.
+    pub fn len(&self) -> usize {
+        self.sets.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty()
     }
 }
 
@@ -137,6 +184,15 @@ impl KernelView {
         self.neighs.retain(|k, _| k.ifindex != ifindex);
     }
 
+    /// Makes the routes' next-hop sets the shared copies of `sets` (after a dump).
+    pub fn share_hops(&mut self, sets: &mut HopSets) {
+        for route in self.routes.values_mut() {
+            if let RouteTarget::Gateways(hops) = &route.target {
+                route.target = RouteTarget::Gateways(sets.intern(Arc::clone(hops)));
+            }
+        }
+    }
+
     /// Links by name.
     pub fn links_by_name(&self) -> HashMap<&str, &Link> {
         self.links.values().map(|l| (l.name.as_str(), l)).collect()
@@ -158,27 +214,27 @@ mod tests {
     fn gateway_routes_match_with_or_without_a_known_interface() {
         let want = Route {
             protocol: 84,
-            target: RouteTarget::Gateways(vec![hop("192.0.2.0", None), hop("192.0.2.2", Some(7))]),
+            target: RouteTarget::Gateways(
+                vec![hop("192.0.2.0", None), hop("192.0.2.2", Some(7))].into(),
+            ),
         };
         let have = Route {
             protocol: 84,
-            target: RouteTarget::Gateways(vec![
-                hop("192.0.2.0", Some(3)),
-                hop("192.0.2.2", Some(7)),
-            ]),
+            target: RouteTarget::Gateways(
+                vec![hop("192.0.2.0", Some(3)), hop("192.0.2.2", Some(7))].into(),
+            ),
         };
         assert!(want.satisfied_by(&have));
         let moved = Route {
             protocol: 84,
-            target: RouteTarget::Gateways(vec![
-                hop("192.0.2.0", Some(3)),
-                hop("192.0.2.2", Some(8)),
-            ]),
+            target: RouteTarget::Gateways(
+                vec![hop("192.0.2.0", Some(3)), hop("192.0.2.2", Some(8))].into(),
+            ),
         };
         assert!(!want.satisfied_by(&moved));
         let fewer = Route {
             protocol: 84,
-            target: RouteTarget::Gateways(vec![hop("192.0.2.0", Some(3))]),
+            target: RouteTarget::Gateways(vec![hop("192.0.2.0", Some(3))].into()),
         };
         assert!(!want.satisfied_by(&fewer));
         let foreign = Route {

@@ -86,7 +86,7 @@ fn route_message(key: &RouteKey, route: &Route, full: bool) -> RouteMessage {
     }
     match &route.target {
         RouteTarget::Device(ifindex) => msg.attributes.push(RouteAttribute::Oif(*ifindex)),
-        RouteTarget::Gateways(hops) => match hops.as_slice() {
+        RouteTarget::Gateways(hops) => match &hops[..] {
             [hop] => {
                 msg.attributes
                     .push(RouteAttribute::Gateway(hop.gateway.into()));
@@ -220,9 +220,11 @@ pub fn route_from_kernel(msg: &RouteMessage, protocols: &[u8]) -> Option<(RouteK
                 })
                 .collect::<Option<_>>()?;
             hops.sort();
-            RouteTarget::Gateways(hops)
+            RouteTarget::Gateways(hops.into())
         }
-        (None, Some(gateway), ifindex) => RouteTarget::Gateways(vec![Hop { gateway, ifindex }]),
+        (None, Some(gateway), ifindex) => {
+            RouteTarget::Gateways(vec![Hop { gateway, ifindex }].into())
+        }
         (None, None, Some(ifindex)) => RouteTarget::Device(ifindex),
         (None, None, None) => return None,
     };
@@ -356,7 +358,7 @@ mod tests {
         ];
         let route = Route {
             protocol: 84,
-            target: RouteTarget::Gateways(hops),
+            target: RouteTarget::Gateways(hops.into()),
         };
         let parsed = kernel_route(wire_round_trip(&op_request(&Op::ReplaceRoute(
             key,

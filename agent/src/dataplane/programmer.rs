@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::desired::{self, Desired, Owner};
-use super::kernel::{KernelView, RouteKey, RouteTarget};
+use super::kernel::{HopSets, KernelView, RouteKey, RouteTarget};
 use super::messages::{self, Message};
 use super::netlink::{self, Events, Netlink, NetlinkError};
 use super::reconcile::{self, Complete, Op, Ownership};
@@ -24,6 +24,10 @@ use super::types::{
 
 /// Commands queued before the task applies back-pressure.
 const COMMAND_QUEUE: usize = 4096;
+
+/// The most learned routes one incremental reconcile takes: a table of 100,000 is written in
+/// rounds, between which kernel events and queries are taken, and memory stays bounded.
+const LEARNED_ROUND: usize = 8192;
 
 /// A failure to start or reach the programmer.
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +43,8 @@ pub enum ProgrammerError {
 enum Command {
     SetEndpoints(Vec<DesiredEndpoint>),
     RemoveEndpoints(Vec<String>),
-    SetLearned(LearnedRoute),
-    RemoveLearned(IpNet),
+    SetLearned(Vec<LearnedRoute>),
+    RemoveLearned(Vec<IpNet>),
     DesiredComplete,
     LearnedComplete,
     Resync(oneshot::Sender<()>),
@@ -97,12 +101,25 @@ impl ProgrammerHandle {
 
     /// Adds or replaces a route learned over BGP (its next hops replace the previous ones).
     pub async fn set_learned_route(&self, route: LearnedRoute) -> Result<(), ProgrammerError> {
-        self.send(Command::SetLearned(route)).await
+        self.send(Command::SetLearned(vec![route])).await
     }
 
     /// Removes a route learned over BGP.
     pub async fn remove_learned_route(&self, prefix: IpNet) -> Result<(), ProgrammerError> {
-        self.send(Command::RemoveLearned(prefix)).await
+        self.send(Command::RemoveLearned(vec![prefix])).await
+    }
+
+    /// Adds or replaces many learned routes in one message (a burst from BGP).
+    pub async fn set_learned_routes(
+        &self,
+        routes: Vec<LearnedRoute>,
+    ) -> Result<(), ProgrammerError> {
+        self.send(Command::SetLearned(routes)).await
+    }
+
+    /// Removes many learned routes in one message.
+    pub async fn remove_learned_routes(&self, prefixes: Vec<IpNet>) -> Result<(), ProgrammerError> {
+        self.send(Command::RemoveLearned(prefixes)).await
     }
 
     /// Says the desired endpoints are complete (the datastore's initial load is done): from
@@ -159,7 +176,9 @@ impl Programmer {
             route_protocols: [cfg.endpoint_protocol, cfg.learned_protocol],
             neigh_protocol: cfg.endpoint_protocol,
         };
-        let view = nl.read_kernel(&own.route_protocols).await?;
+        let mut view = nl.read_kernel(&own.route_protocols).await?;
+        let mut hop_sets = HopSets::default();
+        view.share_hops(&mut hop_sets);
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let task = Task {
             cfg,
@@ -181,6 +200,7 @@ impl Programmer {
             dirty: false,
             dirty_learned: HashSet::new(),
             dirty_routes: HashSet::new(),
+            hop_sets,
             resync_due: false,
             replies: Vec::new(),
         };
@@ -229,6 +249,8 @@ struct Task {
     dirty_learned: HashSet<IpNet>,
     /// Routes the kernel reported changed since the last reconcile.
     dirty_routes: HashSet<RouteKey>,
+    /// The shared next-hop sets of the desired state and the view.
+    hop_sets: HopSets,
     resync_due: bool,
     replies: Vec<Reply>,
 }
@@ -253,6 +275,8 @@ impl Task {
                     self.resync_due = true;
                     next_resync = tokio::time::Instant::now() + jittered(self.cfg.resync_interval);
                 }
+                // Learned routes left over from the last round: go on at once.
+                () = std::future::ready(()), if !self.dirty_learned.is_empty() => {}
             }
             self.drain_ready();
             if self.resync_due {
@@ -295,13 +319,17 @@ impl Task {
                     self.dirty |= self.endpoints.remove(&id).is_some();
                 }
             }
-            Command::SetLearned(route) => {
-                self.dirty_learned.insert(route.prefix);
-                self.learned.insert(route.prefix, route);
+            Command::SetLearned(routes) => {
+                for route in routes {
+                    self.dirty_learned.insert(route.prefix);
+                    self.learned.insert(route.prefix, route);
+                }
             }
-            Command::RemoveLearned(prefix) => {
-                if self.learned.remove(&prefix).is_some() {
-                    self.dirty_learned.insert(prefix);
+            Command::RemoveLearned(prefixes) => {
+                for prefix in prefixes {
+                    if self.learned.remove(&prefix).is_some() {
+                        self.dirty_learned.insert(prefix);
+                    }
                 }
             }
             Command::DesiredComplete => {
@@ -366,6 +394,7 @@ impl Task {
                 if let Some((key, route)) = messages::route_from_kernel(&route, &protocols)
                     && self.view.routes.get(&key) != Some(&route)
                 {
+                    let route = self.hop_sets.route(route);
                     self.view.routes.insert(key, route);
                     self.dirty_routes.insert(key);
                 }
@@ -412,11 +441,13 @@ impl Task {
         match self.nl.read_kernel(&self.own.route_protocols).await {
             Ok(view) => {
                 self.view = view;
+                self.view.share_hops(&mut self.hop_sets);
                 self.sysctls_done.clear();
             }
             Err(e) => tracing::error!("resync: reading the kernel failed: {e}"),
         }
         self.reconcile().await;
+        self.hop_sets.prune();
         self.stats.resyncs += 1;
         self.stats.last_resync = Some(started.elapsed());
     }
@@ -426,7 +457,13 @@ impl Task {
         self.dirty_learned.clear();
         self.dirty_routes.clear();
         let links = self.view.links_by_name();
-        self.desired = desired::compute(&self.endpoints, &self.learned, &links, &self.cfg);
+        self.desired = desired::compute(
+            &self.endpoints,
+            &self.learned,
+            &links,
+            &self.cfg,
+            &mut self.hop_sets,
+        );
         drop(links);
         let mut errors = BTreeMap::new();
         for tap in &self.desired.taps {
@@ -483,12 +520,19 @@ impl Task {
     }
 
     /// The incremental path: only learned routes changed, or the kernel reported changes of
-    /// single routes. Each concerned route is brought in line on its own; nothing is
-    /// recomputed for the others (100,000 learned routes arrive in many small bursts).
+    /// single routes. Each concerned route is brought in line on its own, at most
+    /// [`LEARNED_ROUND`] learned routes at a time; nothing is recomputed for the others.
     async fn reconcile_routes(&mut self) {
         let links = self.view.links_by_name();
         let mut keys: HashSet<RouteKey> = std::mem::take(&mut self.dirty_routes);
-        for prefix in std::mem::take(&mut self.dirty_learned) {
+        let round: Vec<IpNet> = self
+            .dirty_learned
+            .iter()
+            .take(LEARNED_ROUND)
+            .copied()
+            .collect();
+        for prefix in round {
+            self.dirty_learned.remove(&prefix);
             let route = self.learned.get(&prefix);
             keys.insert(desired::update_learned(
                 &mut self.desired,
@@ -496,6 +540,7 @@ impl Task {
                 route,
                 &links,
                 &self.cfg,
+                &mut self.hop_sets,
             ));
         }
         drop(links);

@@ -348,11 +348,11 @@ mod tests {
         };
         let two = Route {
             protocol: 84,
-            target: RouteTarget::Gateways(vec![hop("192.0.2.0", 2), hop("192.0.2.2", 3)]),
+            target: RouteTarget::Gateways(vec![hop("192.0.2.0", 2), hop("192.0.2.2", 3)].into()),
         };
         let one = Route {
             protocol: 84,
-            target: RouteTarget::Gateways(vec![hop("192.0.2.0", 2)]),
+            target: RouteTarget::Gateways(vec![hop("192.0.2.0", 2)].into()),
         };
         let k = key("0.0.0.0/0", 1024);
         let mut desired = Desired::default();
