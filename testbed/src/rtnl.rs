@@ -37,6 +37,9 @@ const GROUP_IPV6_ROUTE: u32 = 11;
 const RECEIVE_BUFFER: usize = 8 << 20;
 /// How often the watcher thread looks whether it should stop.
 const STOP_POLL: Duration = Duration::from_millis(100);
+/// How long a waiter lets the table stay unchanged before it has it re-read from a dump.
+const QUIET_BEFORE_DUMP: Duration = Duration::from_secs(1);
+
 /// Requests per datagram, each datagram's acknowledgements read before the next is sent.
 const WRITE_CHUNK: usize = 256;
 
@@ -54,10 +57,12 @@ struct Table {
     routes: HashMap<IpNet, Seen>,
     /// When the watch started: the time of "absent" for destinations never seen.
     started: Instant,
-    /// How often notifications were lost (ENOBUFS) and the table re-read from a dump.
+    /// How often a re-read of the table found changes whose notifications were lost.
     resyncs: u32,
     /// Why the watcher thread stopped, if it failed.
     failed: Option<String>,
+    /// A waiter saw nothing change for a while: re-read the table.
+    dump_requested: bool,
 }
 
 #[derive(Debug)]
@@ -78,7 +83,9 @@ impl Shared {
 /// [`RouteWatch::wait_for`] tells when a set of routes was complete (or gone), not when the
 /// caller happened to look. If the kernel drops notifications (receive buffer full), the table
 /// is re-read from a dump and the changes found get the dump's time, an upper bound;
-/// [`RouteWatch::resyncs`] counts those. ECMP routes are one destination: a deletion of one of
+/// [`RouteWatch::resyncs`] counts those. The kernel reports one loss per congestion episode and
+/// can drop more silently before the socket is drained, so a waiter that sees nothing change
+/// for [`QUIET_BEFORE_DUMP`] while still unsatisfied has the table re-read as well. ECMP routes are one destination: a deletion of one of
 /// their paths counts as the destination disappearing.
 #[derive(Debug)]
 pub struct RouteWatch {
@@ -124,6 +131,7 @@ impl Netns {
                 started,
                 resyncs: 0,
                 failed: None,
+                dump_requested: false,
             }),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -173,12 +181,15 @@ impl RouteWatch {
                     last: Some(format!("{missing} not {state}")),
                 });
             }
-            table = self
+            let (next, waited) = self
                 .shared
                 .changed
-                .wait_timeout(table, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+                .wait_timeout(table, left.min(QUIET_BEFORE_DUMP))
+                .unwrap_or_else(PoisonError::into_inner);
+            table = next;
+            if waited.timed_out() {
+                table.dump_requested = true;
+            }
         }
     }
 
@@ -222,24 +233,16 @@ fn follow(events: &Socket, dumps: &Socket, shared: &Shared) {
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                let dumped = dump_main_table(dumps);
-                let at = Instant::now();
-                let mut table = shared.lock();
-                match dumped {
-                    Ok(now) => {
-                        table.resyncs += 1;
-                        resync(&mut table.routes, &now, at);
-                    }
-                    Err(e) => table.failed = Some(format!("dump after a loss: {e}")),
-                }
-                shared.changed.notify_all();
-            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => resync_from_dump(dumps, shared),
             Err(e) => {
                 shared.lock().failed = Some(e.to_string());
                 shared.changed.notify_all();
                 return;
             }
+        }
+        let dump_requested = std::mem::take(&mut shared.lock().dump_requested);
+        if dump_requested {
+            resync_from_dump(dumps, shared);
         }
         if shared.lock().failed.is_some() {
             return;
@@ -247,17 +250,40 @@ fn follow(events: &Socket, dumps: &Socket, shared: &Shared) {
     }
 }
 
-/// Marks every destination whose presence differs from the dump as changed at `at`.
-fn resync(routes: &mut HashMap<IpNet, Seen>, now: &HashSet<IpNet>, at: Instant) {
+/// Re-reads the table and dates what changed unseen with the dump's time.
+fn resync_from_dump(dumps: &Socket, shared: &Shared) {
+    let dumped = dump_main_table(dumps);
+    let at = Instant::now();
+    let mut table = shared.lock();
+    match dumped {
+        Ok(now) => {
+            if resync(&mut table.routes, &now, at) {
+                table.resyncs += 1;
+            }
+        }
+        Err(e) => table.failed = Some(format!("dump after a loss: {e}")),
+    }
+    shared.changed.notify_all();
+}
+
+/// Marks every destination whose presence differs from the dump as changed at `at`; says
+/// whether there was any (notifications had been lost).
+fn resync(routes: &mut HashMap<IpNet, Seen>, now: &HashSet<IpNet>, at: Instant) -> bool {
+    let mut lost = false;
     for (dst, seen) in routes.iter_mut() {
         let present = now.contains(dst);
         if seen.present != present {
             *seen = Seen { present, at };
+            lost = true;
         }
     }
     for dst in now {
-        routes.entry(*dst).or_insert(Seen { present: true, at });
+        if !routes.contains_key(dst) {
+            routes.insert(*dst, Seen { present: true, at });
+            lost = true;
+        }
     }
+    lost
 }
 
 /// The (appeared, destination) pairs of the main-table route messages in one datagram.

@@ -102,12 +102,15 @@ const FRR_DIR: &str = "/usr/lib/frr";
 const GOBGP_API: &str = "127.0.0.1:50051";
 
 /// BIRD 2 on a ToR: every neighbour gets everything (a default route included, next hop self),
-/// iBGP neighbours are route-reflector clients, and BGP routes go to the kernel with ECMP.
+/// iBGP neighbours are route-reflector clients, and BGP routes go to the kernel with ECMP. The
+/// kernel protocols get an 8 MiB netlink receive buffer and a 10 s scan: withdrawing 10,000
+/// routes at once otherwise overflows BIRD's netlink socket ("Kernel dropped some netlink
+/// messages") and leaves routes in the kernel until a scan a minute later.
 pub(crate) fn bird_tor_config(cfg: &RouterConfig) -> String {
     let mut s = format!(
         "router id {};\nlog stderr all;\nprotocol device {{ scan time 10; }}\n\
-         protocol kernel kernel4 {{ merge paths on; ipv4 {{ import none; export where source = RTS_BGP; }}; }}\n\
-         protocol kernel kernel6 {{ merge paths on; ipv6 {{ import none; export where source = RTS_BGP; }}; }}\n\
+         protocol kernel kernel4 {{ merge paths on; scan time 10; netlink rx buffer 8388608; ipv4 {{ import none; export where source = RTS_BGP; }}; }}\n\
+         protocol kernel kernel6 {{ merge paths on; scan time 10; netlink rx buffer 8388608; ipv6 {{ import none; export where source = RTS_BGP; }}; }}\n\
          protocol static default4 {{ ipv4; route 0.0.0.0/0 blackhole; }}\n\
          protocol static default6 {{ ipv6; route ::/0 blackhole; }}\n",
         cfg.router_id
