@@ -334,15 +334,17 @@ fn file_datastore_endpoints_become_routes_rules_and_announcements_and_go_away() 
     let tap = ep["interface"].as_str().unwrap().to_owned();
     let shown = skogctl_json(&bed.socket(1), &["policy", "show", &tap]).unwrap();
     let ruleset = shown["ruleset"].as_str().unwrap();
-    // The rule that let the tcp/80 probe in has counted it.
-    let web = ruleset
-        .lines()
-        .find(|l| l.contains("dport 80"))
-        .unwrap_or_default();
-    assert!(
-        web.contains("counter packets") && !web.contains("packets 0 "),
-        "{ruleset}"
-    );
+    assert!(ruleset.contains("dport 80"), "{ruleset}");
+    // The endpoint's chain counted what web accepted (the tcp/80 probe) and what it dropped
+    // (the tcp/22 one).
+    let counted = |what: &str| {
+        ruleset
+            .lines()
+            .filter(|l| l.contains(what) && l.contains("counter packets"))
+            .any(|l| !l.contains("counter packets 0 "))
+    };
+    assert!(counted("return"), "{ruleset}");
+    assert!(counted("drop"), "{ruleset}");
     // Routes: what we advertise to a peer, what it sent us, and the kernel's view.
     let prefixes = |args: &[&str]| -> Vec<(String, String)> {
         skogctl_json(&bed.socket(1), args)

@@ -331,6 +331,9 @@ impl Compiler<'_> {
     }
 
     /// An endpoint's chain for one direction: conntrack, then tiers of policies, then drop.
+    /// What each policy accepts and what ends in a drop is counted here, per endpoint
+    /// (`skogctl policy show`); policy chains carry no counters, so rewriting one (a rule
+    /// change) never has the kernel allocate and free counters.
     fn endpoint_rules(&mut self, id: &str, ep: &Endpoint, dir: Direction) -> Vec<String> {
         let mut rules = vec![
             "ct state established,related accept".to_owned(),
@@ -375,7 +378,7 @@ impl Compiler<'_> {
                     rules.push(format!("meta mark & {MARK_PASS:#010x} == 0 jump {chain}"));
                 }
                 rules.push(format!(
-                    "meta mark & {MARK_ACCEPT:#010x} == {MARK_ACCEPT:#010x} return"
+                    "meta mark & {MARK_ACCEPT:#010x} == {MARK_ACCEPT:#010x} counter return"
                 ));
             }
             rules.push(format!("meta mark & {MARK_PASS:#010x} == 0 counter drop"));

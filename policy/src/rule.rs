@@ -348,12 +348,11 @@ fn render_for(
             add(&format!("{op} {}", one_or_set(&ports)));
         }
     }
-    // Every rule counts what it matches (`skogctl policy show`).
     add(&match c.rule.action {
-        Action::Allow => format!("counter meta mark set meta mark | {MARK_ACCEPT:#010x} return"),
-        Action::Pass => format!("counter meta mark set meta mark | {MARK_PASS:#010x} return"),
-        Action::Deny => "counter drop".to_owned(),
-        Action::Log => format!("counter log prefix \"{log_prefix}\""),
+        Action::Allow => format!("meta mark set meta mark | {MARK_ACCEPT:#010x} return"),
+        Action::Pass => format!("meta mark set meta mark | {MARK_PASS:#010x} return"),
+        Action::Deny => "drop".to_owned(),
+        Action::Log => format!("log prefix \"{log_prefix}\""),
     });
     s
 }
@@ -408,7 +407,7 @@ mod tests {
         assert_eq!(
             r.lines,
             [
-                "meta l4proto tcp th dport { 22, 8000-8080, 443 } counter meta mark set meta mark | 0x00010000 return"
+                "meta l4proto tcp th dport { 22, 8000-8080, 443 } meta mark set meta mark | 0x00010000 return"
             ]
         );
     }
@@ -456,7 +455,7 @@ mod tests {
         let out = render(&r, "").unwrap();
         assert_eq!(
             out.lines,
-            ["meta nfproto ipv4 ip saddr 198.51.100.0/24 counter drop"]
+            ["meta nfproto ipv4 ip saddr 198.51.100.0/24 drop"]
         );
         r.ip_version = Some(6);
         assert!(matches!(
@@ -477,7 +476,7 @@ mod tests {
         assert_eq!(
             out.lines,
             [
-                "meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type 128 icmpv6 code 0 counter meta mark set meta mark | 0x00010000 return"
+                "meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type 128 icmpv6 code 0 meta mark set meta mark | 0x00010000 return"
             ]
         );
         r.icmp = Some(Icmp {
