@@ -104,7 +104,6 @@ fn learn_once(tb: &Testbed, tor: TorId, hv_ns: &Netns, proto: &str) -> f64 {
 /// The time the consumer handed the last route event to the programmer.
 type LastHandOff = Arc<Mutex<Option<Instant>>>;
 
-/// Feeds the speaker's route events to the programmer, as skogd does.
 /// What skogd does with the speaker's events (`skog_agent::daemon::learned`), noting when the
 /// last burst was handed over.
 async fn feed(

@@ -7,16 +7,13 @@
 
 mod common;
 
-use skog_policy::netlink::NfWriter;
-use skog_policy::{Applier, ApplyOutcome, Nft, compile};
+use skog_policy::{ApplyOutcome, compile};
 
 fn main() {
     let (tb, ns) = common::bed("bench_full");
     let n = if common::quick() { 3 } else { 15 };
     let model = common::cloud(1000);
-    let nft = Nft::new()
-        .in_netns(&ns)
-        .with_timeout(std::time::Duration::from_secs(60));
+    let nft = common::nft(&ns);
     let rt = common::runtime();
     let text = compile(&model).unwrap().ruleset.full_script();
     let clear = "add table inet skog\ndelete table inet skog\n";
@@ -25,14 +22,7 @@ fn main() {
     // Interleaved so both see the same machine load.
     for _ in 0..n {
         rt.block_on(nft.run_script(clear)).unwrap();
-        let writer = tb
-            .hv(skog_testbed::HvId(0))
-            .unwrap()
-            .ns()
-            .enter(NfWriter::open)
-            .unwrap()
-            .unwrap();
-        let mut applier = Some(Applier::new(nft.clone()).with_netlink(writer));
+        let mut applier = Some(common::applier(&tb, &nft));
         skog.extend(common::time_n(1, |_| {
             let ruleset = compile(&model).unwrap().ruleset;
             let mut applier = applier.take().unwrap();

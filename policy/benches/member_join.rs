@@ -6,27 +6,17 @@
 
 mod common;
 
+use skog_policy::compile;
 use skog_policy::compile::selector_patch;
 use skog_policy::names::selector_set;
-use skog_policy::netlink::NfWriter;
-use skog_policy::{Applier, Nft, compile};
 
 fn main() {
     let (tb, ns) = common::bed("bench_join");
     let n = if common::quick() { 5 } else { 50 };
     let mut model = common::cloud(1000);
-    let nft = Nft::new()
-        .in_netns(&ns)
-        .with_timeout(std::time::Duration::from_secs(60));
+    let nft = common::nft(&ns);
     let rt = common::runtime();
-    let writer = tb
-        .hv(skog_testbed::HvId(0))
-        .unwrap()
-        .ns()
-        .enter(NfWriter::open)
-        .unwrap()
-        .unwrap();
-    let mut applier = Applier::new(nft.clone()).with_netlink(writer);
+    let mut applier = common::applier(&tb, &nft);
     rt.block_on(applier.apply(&compile(&model).unwrap().ruleset))
         .unwrap();
     let selector = common::sg_selector(common::DEFAULT_SG);

@@ -8,8 +8,7 @@
 mod common;
 
 use skog_policy::compile::policy_patch;
-use skog_policy::netlink::NfWriter;
-use skog_policy::{Applier, ApplyOutcome, Nft, compile, diff};
+use skog_policy::{ApplyOutcome, compile, diff};
 
 fn main() {
     let (tb, ns) = common::bed("bench_rule");
@@ -24,18 +23,9 @@ fn main() {
         }
     }
     model.policies.insert(shared.clone(), policy.clone());
-    let nft = Nft::new()
-        .in_netns(&ns)
-        .with_timeout(std::time::Duration::from_secs(60));
+    let nft = common::nft(&ns);
     let rt = common::runtime();
-    let writer = tb
-        .hv(skog_testbed::HvId(0))
-        .unwrap()
-        .ns()
-        .enter(NfWriter::open)
-        .unwrap()
-        .unwrap();
-    let mut applier = Applier::new(nft.clone()).with_netlink(writer);
+    let mut applier = common::applier(&tb, &nft);
     rt.block_on(applier.apply(&compile(&model).unwrap().ruleset))
         .unwrap();
     let mut scripts = Vec::new();

@@ -8,21 +8,12 @@ mod scenarios;
 
 use std::time::Duration;
 
+use scenarios::{bed, ns};
 use skog_policy::applier::ReplaceReason;
 use skog_policy::names::selector_set;
 use skog_policy::ruleset::Ruleset;
 use skog_policy::{Applier, ApplyError, ApplyOutcome, Nft, NftError, compile};
-use skog_testbed::{Netns, Testbed};
-
-fn bed(label: &str) -> Testbed {
-    let mut tb = Testbed::new(label).unwrap();
-    tb.add_hypervisor("hv1", 65101).unwrap();
-    tb
-}
-
-fn ns(tb: &Testbed) -> &Netns {
-    tb.hv(skog_testbed::HvId(0)).unwrap().ns()
-}
+use skog_testbed::Netns;
 
 fn nft_in(ns: &Netns) -> Nft {
     Nft::new().in_netns(ns.name())

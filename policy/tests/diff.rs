@@ -126,14 +126,7 @@ fn a_policy_patch_equals_a_full_compile() {
 
     // A port changes.
     let mut new = old.clone();
-    new.policies
-        .get_mut(&web)
-        .unwrap()
-        .ingress
-        .as_mut()
-        .unwrap()[1]
-        .destination
-        .ports = vec!["8080".into()];
+    scenarios::set_web_ports(&mut new, &["8080"]);
     let (patch, problems) = skog_policy::compile::policy_patch(&new, &web, &current).unwrap();
     assert!(problems.is_empty());
     assert_eq!(patch.chains.len(), 1);

@@ -8,22 +8,13 @@
 
 mod scenarios;
 
+use scenarios::{bed, ns};
 use skog_policy::applier::ReplaceReason;
 use skog_policy::diff;
 use skog_policy::netlink::NfWriter;
 use skog_policy::ruleset::{Chain, ChainKind, Ruleset};
 use skog_policy::{Applier, ApplyOutcome, Nft, compile};
-use skog_testbed::{Netns, Testbed};
-
-fn bed(label: &str) -> Testbed {
-    let mut tb = Testbed::new(label).unwrap();
-    tb.add_hypervisor("hv1", 65101).unwrap();
-    tb
-}
-
-fn ns(tb: &Testbed) -> &Netns {
-    tb.hv(skog_testbed::HvId(0)).unwrap().ns()
-}
+use skog_testbed::Netns;
 
 fn list(ns: &Netns) -> String {
     ns.run(&["nft", "list", "table", "inet", "skog"]).unwrap()
@@ -119,15 +110,7 @@ async fn changes_go_over_netlink_and_a_refused_batch_changes_nothing() {
         .unwrap();
     // A rule changes: the policy chain is flushed and refilled in one batch.
     let web = scenarios::sg_policy_id("web");
-    model
-        .policies
-        .get_mut(&web)
-        .unwrap()
-        .ingress
-        .as_mut()
-        .unwrap()[1]
-        .destination
-        .ports = vec!["8443".into(), "9000:9100".into()];
+    scenarios::set_web_ports(&mut model, &["8443", "9000:9100"]);
     let (patch, _) =
         skog_policy::compile::policy_patch(&model, &web, applier.applied().unwrap()).unwrap();
     let out = applier.apply_patch(&patch).await.unwrap();

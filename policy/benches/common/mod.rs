@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use skog_policy::model::{Action, Endpoint, Icmp, Policy, PolicyModel, Protocol, Rule};
+use skog_policy::netlink::NfWriter;
+use skog_policy::{Applier, Nft};
 use skog_testbed::{HvId, Testbed};
 
 pub fn quick() -> bool {
@@ -21,6 +23,25 @@ pub fn bed(label: &str) -> (Testbed, String) {
     tb.add_hypervisor("hv1", 65101).unwrap();
     let ns = tb.hv(HvId(0)).unwrap().ns().name().to_owned();
     (tb, ns)
+}
+
+/// `nft` in the bed's namespace, with room for a large table.
+pub fn nft(ns: &str) -> Nft {
+    Nft::new()
+        .in_netns(ns)
+        .with_timeout(Duration::from_secs(60))
+}
+
+/// An applier for the bed's namespace: nfnetlink opened there, `nft` as the fallback.
+pub fn applier(tb: &Testbed, nft: &Nft) -> Applier {
+    let writer = tb
+        .hv(HvId(0))
+        .unwrap()
+        .ns()
+        .enter(NfWriter::open)
+        .unwrap()
+        .unwrap();
+    Applier::new(nft.clone()).with_netlink(writer)
 }
 
 pub fn sg_selector(i: usize) -> String {

@@ -9,6 +9,32 @@ use ipnet::IpNet;
 use skog_policy::model::{
     Action, Endpoint, HostVerdict, Icmp, IpNat, Policy, PolicyModel, Protocol, Rule, Settings,
 };
+use skog_testbed::{Netns, Testbed};
+
+/// A test bed with one hypervisor, whose namespace the namespace tests apply rules in.
+pub fn bed(label: &str) -> Testbed {
+    let mut tb = Testbed::new(label).unwrap();
+    tb.add_hypervisor("hv1", 65101).unwrap();
+    tb
+}
+
+/// The namespace of [`bed`]'s hypervisor.
+pub fn ns(tb: &Testbed) -> &Netns {
+    tb.hv(skog_testbed::HvId(0)).unwrap().ns()
+}
+
+/// Changes the destination ports of `web`'s second ingress rule (a rule change).
+pub fn set_web_ports(model: &mut PolicyModel, ports: &[&str]) {
+    model
+        .policies
+        .get_mut(&sg_policy_id("web"))
+        .unwrap()
+        .ingress
+        .as_mut()
+        .unwrap()[1]
+        .destination
+        .ports = ports.iter().map(|p| (*p).to_owned()).collect();
+}
 
 pub fn net(s: &str) -> IpNet {
     s.parse().unwrap()
