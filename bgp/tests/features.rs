@@ -121,14 +121,7 @@ fn tor_crash_under_graceful_restart_keeps_forwarding() {
         }
     })
     .unwrap();
-    let removed: Vec<RouteEvent> = speaker
-        .events
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|e| matches!(e, RouteEvent::Remove { .. }))
-        .cloned()
-        .collect();
+    let removed = speaker.removals();
     assert!(
         removed.is_empty(),
         "the default route was never removed: {removed:?}"
@@ -481,14 +474,7 @@ fn rfc8538_with_frr_a_plain_cease_keeps_routes_and_our_stop_is_a_hard_reset() {
         reset.contains("(6/4)"),
         "FRR sent Administrative Reset: {reset}"
     );
-    let removed: Vec<RouteEvent> = speaker
-        .events
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|e| matches!(e, RouteEvent::Remove { .. }))
-        .cloned()
-        .collect();
+    let removed = speaker.removals();
     assert!(removed.is_empty(), "routes kept: {removed:?}");
 
     // Our administrative stop is a Hard Reset: FRR drops our route now rather than keeping it

@@ -169,6 +169,17 @@ impl Running {
         .unwrap();
     }
 
+    /// The Remove events received so far.
+    pub fn removals(&self) -> Vec<RouteEvent> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, RouteEvent::Remove { .. }))
+            .cloned()
+            .collect()
+    }
+
     /// The state of the peer named `name`.
     pub fn peer(&self, name: &str) -> PeerSnapshot {
         self.peers().into_iter().find(|p| p.name == name).unwrap()
