@@ -562,6 +562,28 @@ fn learned_routes_of_a_previous_run_stay_until_bgp_has_converged() {
     let snap = second.snapshot();
     assert_eq!(snap.kernel_writes, 0, "{snap:?}");
     assert!(present(), "a learned route went before BGP converged");
+    // A route this run learns and BGP then withdraws goes at once, converged or not.
+    let fresh: IpNet = "203.0.113.128/25".parse().unwrap();
+    let has_fresh = || {
+        ns.kernel_routes(false)
+            .unwrap()
+            .iter()
+            .any(|r| r.dst == fresh)
+    };
+    block_on(second.handle.set_learned_route(LearnedRoute {
+        prefix: fresh,
+        next_hops: vec![LearnedNextHop {
+            gateway: up.tor_v4.into(),
+            interface: None,
+        }],
+    }))
+    .unwrap();
+    second.snapshot();
+    assert!(has_fresh());
+    block_on(second.handle.remove_learned_route(fresh)).unwrap();
+    second.snapshot();
+    assert!(!has_fresh(), "a withdrawn route stayed until BGP converged");
+    assert!(present(), "the stale route went with it");
     block_on(second.handle.learned_complete()).unwrap();
     second.snapshot();
     assert!(

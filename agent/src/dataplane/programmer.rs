@@ -201,6 +201,7 @@ impl Programmer {
             dirty_learned: HashSet::new(),
             dirty_routes: HashSet::new(),
             hop_sets,
+            withdrawn: HashSet::new(),
             resync_due: false,
             replies: Vec::new(),
         };
@@ -251,6 +252,9 @@ struct Task {
     dirty_routes: HashSet<RouteKey>,
     /// The shared next-hop sets of the desired state and the view.
     hop_sets: HopSets,
+    /// Learned routes this run installed and BGP then withdrew before it converged: they go
+    /// at once, unlike the ones a previous run left.
+    withdrawn: HashSet<RouteKey>,
     resync_due: bool,
     replies: Vec<Reply>,
 }
@@ -338,6 +342,7 @@ impl Task {
             }
             Command::LearnedComplete => {
                 self.complete.learned = true;
+                self.withdrawn.clear();
                 self.dirty = true;
             }
             Command::Resync(reply) => {
@@ -534,19 +539,34 @@ impl Task {
         for prefix in round {
             self.dirty_learned.remove(&prefix);
             let route = self.learned.get(&prefix);
-            keys.insert(desired::update_learned(
+            let key = desired::update_learned(
                 &mut self.desired,
                 prefix,
                 route,
                 &links,
                 &self.cfg,
                 &mut self.hop_sets,
-            ));
+            );
+            if !self.complete.learned {
+                if route.is_some() {
+                    self.withdrawn.remove(&key);
+                } else {
+                    self.withdrawn.insert(key);
+                }
+            }
+            keys.insert(key);
         }
         drop(links);
         let mut keys: Vec<RouteKey> = keys.into_iter().collect();
         keys.sort_unstable();
-        let ops = reconcile::plan_routes(&self.desired, &self.view, self.own, self.complete, &keys);
+        let ops = reconcile::plan_routes(
+            &self.desired,
+            &self.view,
+            self.own,
+            self.complete,
+            &keys,
+            &self.withdrawn,
+        );
         // The errors of the routes looked at are the ones of this round.
         for key in &keys {
             if let Some((_, owner @ Owner::Learned(_))) = self.desired.routes.get(key) {

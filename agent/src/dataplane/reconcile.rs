@@ -7,7 +7,7 @@
 //! - until the desired state is known to be complete (start-up), nothing is deleted: endpoint
 //!   objects once the datastore's initial load is in, learned routes once BGP has converged.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use ipnet::IpNet;
 
@@ -109,14 +109,20 @@ pub fn plan(desired: &Desired, actual: &KernelView, own: Ownership, complete: Co
 }
 
 /// The operations for just the routes `keys` (sorted), as [`plan`] would plan them: the
-/// incremental path when only single routes changed.
+/// incremental path when only single routes changed. Learned routes in `withdrawn` (this run
+/// learned and then lost them) are deleted even before the learned routes are complete.
 pub fn plan_routes(
     desired: &Desired,
     actual: &KernelView,
     own: Ownership,
     complete: Complete,
     keys: &[RouteKey],
+    withdrawn: &HashSet<RouteKey>,
 ) -> Vec<Op> {
+    let [_, learned_protocol] = own.route_protocols;
+    let deletable = |key: &RouteKey, protocol: u8| {
+        complete.deletes(own, protocol) || (protocol == learned_protocol && withdrawn.contains(key))
+    };
     let mut deletes = Vec::new();
     let mut writes = Vec::new();
     for key in keys {
@@ -124,7 +130,7 @@ pub fn plan_routes(
             (Some((want, _)), have) if !have.is_some_and(|h| want.satisfied_by(h)) => {
                 writes.push(Op::ReplaceRoute(*key, want.clone()));
             }
-            (None, Some(have)) if complete.deletes(own, have.protocol) => {
+            (None, Some(have)) if deletable(key, have.protocol) => {
                 deletes.push(Op::DeleteRoute(*key, have.clone()));
             }
             _ => {}
