@@ -21,6 +21,21 @@ pub struct EtcdBed {
     pub url: String,
 }
 
+impl EtcdBed {
+    /// Runs `work` to completion on a runtime inside the compute node's namespace.
+    pub fn on_compute<F>(&self, work: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tb
+            .hv(self.compute)
+            .unwrap()
+            .ns()
+            .enter(move || runtime().block_on(work))
+            .unwrap();
+    }
+}
+
 pub fn etcd_bed(label: &str) -> EtcdBed {
     init_logging();
     let mut tb = Testbed::new(label).unwrap();
