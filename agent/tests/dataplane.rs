@@ -543,13 +543,16 @@ fn learned_routes_of_a_previous_run_stay_until_bgp_has_converged() {
             .any(|r| r.dst == prefix)
     };
     let first = InNamespace::start(ns, DataplaneConfig::default());
-    block_on(first.handle.set_learned_route(LearnedRoute {
-        prefix,
-        next_hops: vec![LearnedNextHop {
-            gateway: up.tor_v4.into(),
-            interface: None,
-        }],
-    }))
+    block_on(
+        first.handle.set_learned_route(LearnedRoute {
+            prefix,
+            next_hops: [LearnedNextHop {
+                gateway: up.tor_v4.into(),
+                interface: None,
+            }]
+            .into(),
+        }),
+    )
     .unwrap();
     first.complete();
     assert_eq!(first.snapshot().learned_routes, 1);
@@ -570,13 +573,16 @@ fn learned_routes_of_a_previous_run_stay_until_bgp_has_converged() {
             .iter()
             .any(|r| r.dst == fresh)
     };
-    block_on(second.handle.set_learned_route(LearnedRoute {
-        prefix: fresh,
-        next_hops: vec![LearnedNextHop {
-            gateway: up.tor_v4.into(),
-            interface: None,
-        }],
-    }))
+    block_on(
+        second.handle.set_learned_route(LearnedRoute {
+            prefix: fresh,
+            next_hops: [LearnedNextHop {
+                gateway: up.tor_v4.into(),
+                interface: None,
+            }]
+            .into(),
+        }),
+    )
     .unwrap();
     second.snapshot();
     assert!(has_fresh());

@@ -21,8 +21,9 @@ pub enum RouteEvent {
     Install {
         /// The destination.
         prefix: IpNet,
-        /// The next hops, sorted, without duplicates.
-        next_hops: Vec<IpAddr>,
+        /// The next hops, sorted, without duplicates; shared by the prefixes that have the
+        /// same set.
+        next_hops: Arc<[IpAddr]>,
     },
     /// Remove `prefix`.
     Remove {
@@ -166,10 +167,11 @@ fn rank(path: &Path, kind: PeerKind) -> (std::cmp::Reverse<u32>, usize, u8, u32,
     )
 }
 
-/// The Loc-RIB: the installed next-hop set per learned prefix.
+/// The Loc-RIB: the installed next-hop set per learned prefix. Prefixes with the same set
+/// share one allocation (a table learned from two ToRs holds a couple of sets, not 100,000).
 #[derive(Debug, Default)]
 pub struct LocRib {
-    installed: HashMap<IpNet, Vec<IpAddr>>,
+    installed: HashMap<IpNet, Arc<[IpAddr]>>,
 }
 
 impl LocRib {
@@ -180,6 +182,8 @@ impl LocRib {
         peers: &[(&AdjRibIn, PeerKind)],
     ) -> Vec<RouteEvent> {
         let mut events = Vec::new();
+        // The set of the previous prefix: consecutive prefixes (one UPDATE) usually share it.
+        let mut last: Option<Arc<[IpAddr]>> = None;
         for prefix in prefixes {
             let candidates = peers.iter().filter_map(|(rib, kind)| {
                 rib.get(&prefix)
@@ -198,9 +202,13 @@ impl LocRib {
             }
             match best {
                 Some((_, hops)) => {
-                    let next_hops: Vec<IpAddr> = hops.into_iter().collect();
+                    let next_hops = match last.take() {
+                        Some(set) if set.iter().eq(hops.iter()) => set,
+                        _ => hops.into_iter().collect(),
+                    };
+                    last = Some(Arc::clone(&next_hops));
                     if self.installed.get(&prefix) != Some(&next_hops) {
-                        self.installed.insert(prefix, next_hops.clone());
+                        self.installed.insert(prefix, Arc::clone(&next_hops));
                         events.push(RouteEvent::Install { prefix, next_hops });
                     }
                 }
@@ -215,7 +223,7 @@ impl LocRib {
     }
 
     /// The installed routes.
-    pub fn routes(&self) -> impl Iterator<Item = (&IpNet, &Vec<IpAddr>)> {
+    pub fn routes(&self) -> impl Iterator<Item = (&IpNet, &Arc<[IpAddr]>)> {
         self.installed.iter()
     }
 
@@ -373,7 +381,7 @@ mod tests {
             events,
             vec![RouteEvent::Install {
                 prefix: net("0.0.0.0/0"),
-                next_hops: vec![ip("192.0.2.2")]
+                next_hops: vec![ip("192.0.2.2")].into()
             }]
         );
         assert!(
@@ -399,7 +407,7 @@ mod tests {
             events,
             vec![RouteEvent::Install {
                 prefix: net("::/0"),
-                next_hops: vec![ip("2001:db8:ffff::1"), ip("2001:db8:ffff:1::1")]
+                next_hops: vec![ip("2001:db8:ffff::1"), ip("2001:db8:ffff:1::1")].into()
             }]
         );
         // One ToR withdraws: the set shrinks; the other too: the route goes.
@@ -413,7 +421,7 @@ mod tests {
             events,
             vec![RouteEvent::Install {
                 prefix: net("::/0"),
-                next_hops: vec![ip("2001:db8:ffff:1::1")]
+                next_hops: vec![ip("2001:db8:ffff:1::1")].into()
             }]
         );
         a.apply(&w, &AcceptAll);
@@ -436,7 +444,7 @@ mod tests {
                 .recompute([net("0.0.0.0/0")], &[(&a, EBGP), (&b, ky)])
                 .pop()
             {
-                Some(RouteEvent::Install { next_hops, .. }) => next_hops,
+                Some(RouteEvent::Install { next_hops, .. }) => next_hops.to_vec(),
                 other => panic!("{other:?}"),
             }
         };

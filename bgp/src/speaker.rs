@@ -570,7 +570,7 @@ impl SpeakerTask {
                     .routes()
                     .map(|(p, hops)| LearnedRoute {
                         prefix: *p,
-                        next_hops: hops.clone(),
+                        next_hops: hops.to_vec(),
                     })
                     .collect();
                 out.sort_by_key(|r| r.prefix);

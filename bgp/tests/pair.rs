@@ -92,7 +92,7 @@ fn two_speakers_collide_settle_and_exchange_routes() {
         while learned.len() < prefixes.len() {
             match tokio::time::timeout(Duration::from_secs(30), b_events.recv()).await {
                 Ok(Some(RouteEvent::Install { prefix, next_hops })) => {
-                    assert_eq!(next_hops, vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1))]);
+                    assert_eq!(next_hops[..], [IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1))]);
                     learned.insert(prefix);
                 }
                 other => panic!("{other:?} after {} routes", learned.len()),

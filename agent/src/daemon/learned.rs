@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use skog_bgp::RouteEvent;
@@ -18,7 +19,7 @@ const MAX_BURST: usize = 4096;
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Burst {
     /// Prefix → its next hops, or `None` when it is gone.
-    pub changes: HashMap<IpNet, Option<Vec<IpAddr>>>,
+    pub changes: HashMap<IpNet, Option<Arc<[IpAddr]>>>,
     /// The burst ends with `Converged` (it covers every change before it).
     pub converged: bool,
 }
@@ -58,17 +59,20 @@ impl Burst {
     pub async fn send(self, programmer: &ProgrammerHandle) -> Result<(), ProgrammerError> {
         let mut install = Vec::new();
         let mut remove = Vec::new();
+        // The speaker shares one set among many prefixes; so does the programmer.
+        let mut converted: HashMap<Arc<[IpAddr]>, Arc<[LearnedNextHop]>> = HashMap::new();
         for (prefix, next_hops) in self.changes {
             match next_hops {
                 Some(hops) => install.push(LearnedRoute {
                     prefix,
-                    next_hops: hops
-                        .into_iter()
-                        .map(|gateway| LearnedNextHop {
-                            gateway,
-                            interface: None,
-                        })
-                        .collect(),
+                    next_hops: Arc::clone(converted.entry(hops).or_insert_with_key(|hops| {
+                        hops.iter()
+                            .map(|&gateway| LearnedNextHop {
+                                gateway,
+                                interface: None,
+                            })
+                            .collect()
+                    })),
                 }),
                 None => remove.push(prefix),
             }
@@ -104,7 +108,7 @@ mod tests {
             },
             RouteEvent::Install {
                 prefix: net("203.0.113.0/25"),
-                next_hops: vec![hop],
+                next_hops: vec![hop].into(),
             },
             RouteEvent::Converged,
             RouteEvent::Remove {
@@ -115,12 +119,15 @@ mod tests {
         }
         let first = RouteEvent::Install {
             prefix: net("0.0.0.0/0"),
-            next_hops: vec![hop],
+            next_hops: vec![hop].into(),
         };
         let burst = Burst::take(first, &mut rx);
         assert!(burst.converged);
         assert_eq!(burst.changes[&net("0.0.0.0/0")], None);
-        assert_eq!(burst.changes[&net("203.0.113.0/25")], Some(vec![hop]));
+        assert_eq!(
+            burst.changes[&net("203.0.113.0/25")],
+            Some(vec![hop].into())
+        );
         // What came after Converged is the next burst's.
         let rest = Burst::take(rx.try_recv().unwrap(), &mut rx);
         assert_eq!(rest.changes[&net("203.0.113.0/25")], None);

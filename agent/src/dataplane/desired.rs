@@ -201,7 +201,7 @@ fn learned_route(
         return Err("no next hop".into());
     }
     let mut hops = Vec::new();
-    for nh in &route.next_hops {
+    for nh in route.next_hops.iter() {
         let ifindex = match &nh.interface {
             None => None,
             Some(name) => match links.get(name.as_str()) {
@@ -400,19 +400,19 @@ mod tests {
         };
         let good = LearnedRoute {
             prefix: "192.0.2.128/25".parse().unwrap(),
-            next_hops: vec![nh("192.0.2.2", Some("tapc")), nh("192.0.2.0", None)],
+            next_hops: vec![nh("192.0.2.2", Some("tapc")), nh("192.0.2.0", None)].into(),
         };
         let missing = LearnedRoute {
             prefix: "198.51.100.0/24".parse().unwrap(),
-            next_hops: vec![nh("192.0.2.0", Some("gone"))],
+            next_hops: vec![nh("192.0.2.0", Some("gone"))].into(),
         };
         let family = LearnedRoute {
             prefix: "2001:db8::/48".parse().unwrap(),
-            next_hops: vec![nh("192.0.2.0", None)],
+            next_hops: vec![nh("192.0.2.0", None)].into(),
         };
         let clash = LearnedRoute {
             prefix: "198.51.100.10/32".parse().unwrap(),
-            next_hops: vec![nh("192.0.2.0", None)],
+            next_hops: vec![nh("192.0.2.0", None)].into(),
         };
         let d = run(
             vec![ep("a", "tapa", &["198.51.100.10/32"])],

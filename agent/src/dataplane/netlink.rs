@@ -1,6 +1,6 @@
 //! The thin netlink driver: a request socket (strict-checked dumps filtered by protocol,
 //! batched and pipelined writes with NETLINK_CAP_ACK and a large receive buffer, a timeout
-//! around every batch), the multicast event socket, and the per-tap sysctls (files under
+//! around every batch), the notification socket (read as the programmer asks), and the per-tap sysctls (files under
 //! /proc/sys of the calling thread's network namespace).
 
 use std::io;
@@ -8,13 +8,12 @@ use std::num::NonZeroI32;
 use std::time::Duration;
 
 use futures::StreamExt;
-use futures::channel::mpsc::UnboundedReceiver;
 use futures::stream::FuturesOrdered;
-use netlink_packet_core::NetlinkPayload;
+use netlink_packet_core::{NetlinkBuffer, NetlinkPayload};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_proto::ConnectionHandle;
 use netlink_proto::sys::protocols::NETLINK_ROUTE;
-use netlink_proto::sys::{AsyncSocket, SocketAddr};
+use netlink_proto::sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
 use rtnetlink::MulticastGroup;
 
 use super::desired::Tap;
@@ -24,11 +23,14 @@ use super::reconcile::Op;
 
 /// Receive buffer asked for on both sockets (the kernel caps it at `net.core.rmem_max`).
 const RECEIVE_BUFFER: usize = 16 << 20;
+/// Room for one notification datagram (the kernel sends at most a page or two).
+const DATAGRAM: usize = 64 << 10;
 /// Batches in flight at once on the request socket.
 const BATCHES_IN_FLIGHT: usize = 4;
 
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
+const ENOBUFS: i32 = 105;
 
 /// A failure of the netlink driver.
 #[derive(Debug, thiserror::Error)]
@@ -251,25 +253,105 @@ fn is_delete(op: &Op) -> bool {
     matches!(op, Op::DeleteRoute(..) | Op::DeleteNeigh(_))
 }
 
-/// Kernel notifications: links, IPv4/IPv6 routes, neighbours.
-pub type Events = UnboundedReceiver<(Message, SocketAddr)>;
+/// A kernel notification.
+#[derive(Debug)]
+pub enum Event {
+    /// A link, route or neighbour changed.
+    Changed(RouteNetlinkMessage),
+    /// The socket's buffer overflowed and notifications were lost: only a resync is safe.
+    Overrun,
+}
 
-/// Subscribes to link, route and neighbour notifications in the calling thread's namespace.
-pub fn open_events() -> Result<Events, NetlinkError> {
-    let groups = [
-        MulticastGroup::Link,
-        MulticastGroup::Ipv4Route,
-        MulticastGroup::Ipv6Route,
-        MulticastGroup::Neigh,
-    ];
-    let (mut conn, _handle, events) =
-        rtnetlink::new_multicast_connection(&groups).map_err(NetlinkError::Socket)?;
-    conn.socket_mut()
-        .socket_mut()
-        .set_rx_buf_sz(RECEIVE_BUFFER)
-        .map_err(NetlinkError::Socket)?;
-    tokio::spawn(conn);
-    Ok(events)
+/// Kernel notifications (links, IPv4/IPv6 routes, neighbours), read and decoded a datagram at
+/// a time as the programmer asks for them. A backlog (the echoes of a 100,000-route write)
+/// waits in the kernel's socket buffer, not decoded in ours.
+pub struct Events {
+    socket: TokioSocket,
+    /// The last datagram read, and where its next undecoded message starts.
+    datagram: Vec<u8>,
+    at: usize,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events").finish_non_exhaustive()
+    }
+}
+
+impl Events {
+    /// Subscribes to link, route and neighbour notifications in the calling thread's
+    /// namespace.
+    pub fn open() -> Result<Events, NetlinkError> {
+        let mut socket = TokioSocket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
+        let sock = socket.socket_mut();
+        let groups = [
+            MulticastGroup::Link,
+            MulticastGroup::Ipv4Route,
+            MulticastGroup::Ipv6Route,
+            MulticastGroup::Neigh,
+        ];
+        sock.bind(&SocketAddr::new(0, 0))
+            .map_err(NetlinkError::Socket)?;
+        for group in groups {
+            sock.add_membership(group as u32)
+                .map_err(NetlinkError::Socket)?;
+        }
+        sock.set_rx_buf_sz(RECEIVE_BUFFER)
+            .map_err(NetlinkError::Socket)?;
+        Ok(Events {
+            socket,
+            datagram: Vec::with_capacity(DATAGRAM),
+            at: 0,
+        })
+    }
+
+    /// The next notification; `None` when the socket failed (logged).
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(message) = self.decode_next() {
+                return Some(Event::Changed(message));
+            }
+            self.datagram.clear();
+            self.at = 0;
+            match self.socket.recv(&mut self.datagram).await {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(ENOBUFS) => return Some(Event::Overrun),
+                Err(e) => {
+                    tracing::error!("reading kernel notifications: {e}");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Decodes the next message of the current datagram; skips (and logs) what does not
+    /// decode, and what is not a notification.
+    fn decode_next(&mut self) -> Option<RouteNetlinkMessage> {
+        while self.at < self.datagram.len() {
+            let rest = &self.datagram[self.at..];
+            let len = match NetlinkBuffer::new_checked(rest) {
+                Ok(buf) => buf.length() as usize,
+                Err(e) => {
+                    tracing::warn!("undecodable kernel notification datagram: {e}");
+                    self.at = self.datagram.len();
+                    return None;
+                }
+            };
+            let message = rest.get(..len).map(Message::deserialize);
+            // Messages in a datagram are 4-byte aligned.
+            self.at += len.max(1).next_multiple_of(4);
+            match message {
+                Some(Ok(msg)) => {
+                    if let NetlinkPayload::InnerMessage(inner) = msg.payload {
+                        return Some(inner);
+                    }
+                }
+                Some(Err(e)) => tracing::debug!("skipping a kernel notification: {e}"),
+                None => tracing::warn!("truncated kernel notification"),
+            }
+        }
+        None
+    }
 }
 
 /// The per-tap sysctls that let a VM use its subnet's gateway address to reach the host.

@@ -5,17 +5,16 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use ipnet::IpNet;
-use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::RouteNetlinkMessage;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::desired::{self, Desired, Owner};
 use super::kernel::{HopSets, KernelView, RouteKey, RouteTarget};
-use super::messages::{self, Message};
-use super::netlink::{self, Events, Netlink, NetlinkError};
+use super::messages;
+use super::netlink::{self, Event, Events, Netlink, NetlinkError};
 use super::reconcile::{self, Complete, Op, Ownership};
 use super::types::{
     DataplaneConfig, DesiredEndpoint, EndpointStatus, LearnedRoute, ProgrammedRoute, RouteEvent,
@@ -170,7 +169,7 @@ impl Programmer {
         route_events: mpsc::UnboundedSender<RouteEvent>,
     ) -> Result<(ProgrammerHandle, JoinHandle<()>), ProgrammerError> {
         // Subscribe before the first dump, so no change between the two is missed.
-        let events = netlink::open_events()?;
+        let events = Events::open()?;
         let nl = Netlink::open(cfg.batch_size, cfg.batch_timeout)?;
         let own = Ownership {
             route_protocols: [cfg.endpoint_protocol, cfg.learned_protocol],
@@ -269,7 +268,7 @@ impl Task {
                     None => return,
                 },
                 event = self.events.next(), if self.events_open => match event {
-                    Some((msg, _)) => self.on_event(msg),
+                    Some(event) => self.on_event(event),
                     None => {
                         tracing::error!("netlink event socket closed; relying on periodic resyncs");
                         self.events_open = false;
@@ -303,7 +302,7 @@ impl Task {
         }
         while self.events_open {
             match self.events.next().now_or_never() {
-                Some(Some((msg, _))) => self.on_event(msg),
+                Some(Some(event)) => self.on_event(event),
                 Some(None) => self.events_open = false,
                 None => break,
             }
@@ -355,15 +354,14 @@ impl Task {
         }
     }
 
-    fn on_event(&mut self, msg: Message) {
-        let inner = match msg.payload {
-            NetlinkPayload::Overrun(_) => {
-                tracing::warn!("netlink event overrun; full resync");
+    fn on_event(&mut self, event: Event) {
+        let inner = match event {
+            Event::Overrun => {
+                tracing::warn!("kernel notifications lost (socket overrun); full resync");
                 self.resync_due = true;
                 return;
             }
-            NetlinkPayload::InnerMessage(inner) => inner,
-            _ => return,
+            Event::Changed(inner) => inner,
         };
         let protocols = self.own.route_protocols;
         match inner {

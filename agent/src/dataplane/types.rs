@@ -5,6 +5,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -76,8 +77,9 @@ pub struct LearnedNextHop {
 pub struct LearnedRoute {
     /// The destination prefix.
     pub prefix: IpNet,
-    /// The equal-cost next hops; never empty (remove the route instead).
-    pub next_hops: Vec<LearnedNextHop>,
+    /// The equal-cost next hops; never empty (remove the route instead). Shared: the routes
+    /// of one peer hold one copy.
+    pub next_hops: Arc<[LearnedNextHop]>,
 }
 
 /// Settings of the route programmer.

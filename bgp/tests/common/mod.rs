@@ -78,7 +78,7 @@ pub fn start_speaker_in(ns: &Netns, cfg: SpeakerConfig) -> Running {
             install(&ns_name, &event);
             match &event {
                 RouteEvent::Install { prefix, next_hops } => {
-                    l.lock().unwrap().insert(*prefix, next_hops.clone());
+                    l.lock().unwrap().insert(*prefix, next_hops.to_vec());
                 }
                 RouteEvent::Remove { prefix } => {
                     l.lock().unwrap().remove(prefix);
@@ -116,10 +116,10 @@ fn install(ns: &str, event: &RouteEvent) {
                     .map(str::to_owned)
                     .collect::<Vec<_>>()
             };
-            if let [one] = next_hops.as_slice() {
+            if let [one] = &next_hops[..] {
                 cmd.args(via(one));
             } else {
-                for hop in next_hops {
+                for hop in next_hops.iter() {
                     cmd.arg("nexthop").args(via(hop));
                 }
             }
