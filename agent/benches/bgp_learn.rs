@@ -225,11 +225,13 @@ fn main() {
     let snapshot = rt.block_on(programmer.snapshot()).unwrap();
     eprintln!(
         "skog: all {LEARNED} routes in the speaker after {:.0} ms, the last handed to the \
-         programmer after {:.0} ms, all in the kernel after {:.0} ms ({} kernel writes so far)",
+         programmer after {:.0} ms, all in the kernel after {:.0} ms ({} kernel writes and {} \
+         resyncs so far)",
         ms(in_speaker - t0),
         ms(handed_over - t0),
         ms(in_kernel - t0),
-        snapshot.kernel_writes
+        snapshot.kernel_writes,
+        snapshot.resyncs
     );
     let skog_rss = rss_kib("self") - rss_before;
     tb.tor(tor).unwrap().cli("disable extra6").unwrap();

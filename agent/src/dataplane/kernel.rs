@@ -184,15 +184,6 @@ impl KernelView {
         self.neighs.retain(|k, _| k.ifindex != ifindex);
     }
 
-    /// Makes the routes' next-hop sets the shared copies of `sets` (after a dump).
-    pub fn share_hops(&mut self, sets: &mut HopSets) {
-        for route in self.routes.values_mut() {
-            if let RouteTarget::Gateways(hops) = &route.target {
-                route.target = RouteTarget::Gateways(sets.intern(Arc::clone(hops)));
-            }
-        }
-    }
-
     /// Links by name.
     pub fn links_by_name(&self) -> HashMap<&str, &Link> {
         self.links.values().map(|l| (l.name.as_str(), l)).collect()

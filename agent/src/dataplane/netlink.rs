@@ -14,14 +14,16 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_proto::ConnectionHandle;
 use netlink_proto::sys::protocols::NETLINK_ROUTE;
 use netlink_proto::sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
+use nix::libc::MSG_DONTWAIT;
+use nix::sys::socket::{setsockopt, sockopt};
 use rtnetlink::MulticastGroup;
 
 use super::desired::Tap;
-use super::kernel::KernelView;
+use super::kernel::{HopSets, KernelView};
 use super::messages::{self, Message};
 use super::reconcile::Op;
 
-/// Receive buffer asked for on both sockets (the kernel caps it at `net.core.rmem_max`).
+/// Receive buffer of both sockets (the kernel doubles it for its bookkeeping).
 const RECEIVE_BUFFER: usize = 16 << 20;
 /// Room for one notification datagram (the kernel sends at most a page or two).
 const DATAGRAM: usize = 64 << 10;
@@ -90,9 +92,7 @@ impl Netlink {
             netlink_proto::new_connection::<RouteNetlinkMessage>(NETLINK_ROUTE)
                 .map_err(NetlinkError::Socket)?;
         let socket = conn.socket_mut().socket_mut();
-        socket
-            .set_rx_buf_sz(RECEIVE_BUFFER)
-            .map_err(NetlinkError::Socket)?;
+        set_receive_buffer(socket)?;
         socket.set_cap_ack(true).map_err(NetlinkError::Socket)?;
         socket
             .set_netlink_get_strict_chk(true)
@@ -108,25 +108,29 @@ impl Netlink {
         })
     }
 
+    /// Runs a dump, handing each answer to `take` as it arrives (a dump of 100,000 routes is
+    /// never held decoded all at once).
     async fn dump(
         &self,
         what: &'static str,
         request: Message,
-    ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
-        let responses = self
+        mut take: impl FnMut(RouteNetlinkMessage),
+    ) -> Result<(), NetlinkError> {
+        let mut responses = self
             .handle
             .request(request, SocketAddr::new(0, 0))
             .map_err(|_| NetlinkError::Closed)?;
-        let collected = tokio::time::timeout(self.timeout, responses.collect::<Vec<_>>())
+        let timeout = || NetlinkError::Timeout {
+            what,
+            timeout: self.timeout,
+        };
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        while let Some(msg) = tokio::time::timeout_at(deadline, responses.next())
             .await
-            .map_err(|_| NetlinkError::Timeout {
-                what,
-                timeout: self.timeout,
-            })?;
-        let mut out = Vec::with_capacity(collected.len());
-        for msg in collected {
+            .map_err(|_| timeout())?
+        {
             match msg.payload {
-                NetlinkPayload::InnerMessage(inner) => out.push(inner),
+                NetlinkPayload::InnerMessage(inner) => take(inner),
                 NetlinkPayload::Error(e) => {
                     if let Some(code) = e.code {
                         return Err(NetlinkError::Dump {
@@ -138,43 +142,48 @@ impl Netlink {
                 _ => {}
             }
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// Reads the kernel: every link, the main-table routes with our protocols, every neighbour
-    /// and proxy entry.
-    pub async fn read_kernel(&self, route_protocols: &[u8]) -> Result<KernelView, NetlinkError> {
+    /// Reads the kernel: every link, the main-table routes with our protocols (their next-hop
+    /// sets shared through `hop_sets`), every neighbour and proxy entry.
+    pub async fn read_kernel(
+        &self,
+        route_protocols: &[u8],
+        hop_sets: &mut HopSets,
+    ) -> Result<KernelView, NetlinkError> {
         let mut view = KernelView::default();
-        for msg in self.dump("a link dump", messages::dump_links()).await? {
+        self.dump("a link dump", messages::dump_links(), |msg| {
             if let RouteNetlinkMessage::NewLink(link) = msg
                 && let Some(link) = messages::link_from_kernel(&link)
             {
                 view.links.insert(link.ifindex, link);
             }
-        }
+        })
+        .await?;
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             for protocol in route_protocols {
                 let request = messages::dump_routes(family, *protocol);
-                for msg in self.dump("a route dump", request).await? {
+                self.dump("a route dump", request, |msg| {
                     if let RouteNetlinkMessage::NewRoute(route) = msg
                         && let Some((key, route)) =
                             messages::route_from_kernel(&route, route_protocols)
                     {
-                        view.routes.insert(key, route);
+                        view.routes.insert(key, hop_sets.route(route));
                     }
-                }
+                })
+                .await?;
             }
             for proxy in [false, true] {
-                for msg in self
-                    .dump("a neighbour dump", messages::dump_neighs(family, proxy))
-                    .await?
-                {
+                let request = messages::dump_neighs(family, proxy);
+                self.dump("a neighbour dump", request, |msg| {
                     if let RouteNetlinkMessage::NewNeighbour(neigh) = msg
                         && let Some((key, neigh)) = messages::neigh_from_kernel(&neigh)
                     {
                         view.neighs.insert(key, neigh);
                     }
-                }
+                })
+                .await?;
             }
         }
         Ok(view)
@@ -253,6 +262,18 @@ fn is_delete(op: &Op) -> bool {
     matches!(op, Op::DeleteRoute(..) | Op::DeleteNeigh(_))
 }
 
+/// Gives `socket` a [`RECEIVE_BUFFER`]: forced past `net.core.rmem_max` when we may
+/// (CAP_NET_ADMIN, as skogd has), else as much as that allows. Echoes of one round of writes
+/// must fit, or they are lost and a full resync follows.
+fn set_receive_buffer(socket: &mut netlink_sys::Socket) -> Result<(), NetlinkError> {
+    if setsockopt(&*socket, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_ok() {
+        return Ok(());
+    }
+    socket
+        .set_rx_buf_sz(RECEIVE_BUFFER)
+        .map_err(NetlinkError::Socket)
+}
+
 /// A kernel notification.
 #[derive(Debug)]
 pub enum Event {
@@ -296,8 +317,7 @@ impl Events {
             sock.add_membership(group as u32)
                 .map_err(NetlinkError::Socket)?;
         }
-        sock.set_rx_buf_sz(RECEIVE_BUFFER)
-            .map_err(NetlinkError::Socket)?;
+        set_receive_buffer(sock)?;
         Ok(Events {
             socket,
             datagram: Vec::with_capacity(DATAGRAM),
@@ -313,13 +333,47 @@ impl Events {
             }
             self.datagram.clear();
             self.at = 0;
-            match self.socket.recv(&mut self.datagram).await {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(ENOBUFS) => return Some(Event::Overrun),
-                Err(e) => {
-                    tracing::error!("reading kernel notifications: {e}");
-                    return None;
+            let received = self.socket.recv(&mut self.datagram).await;
+            if let Some(event) = self.received(received) {
+                return event;
+            }
+        }
+    }
+
+    /// The next notification already waiting, without waiting for one (and without using the
+    /// task's tokio budget, so one drain takes a whole backlog); `Some(None)` when the socket
+    /// failed (logged).
+    pub fn try_next(&mut self) -> Option<Option<Event>> {
+        loop {
+            if let Some(message) = self.decode_next() {
+                return Some(Some(Event::Changed(message)));
+            }
+            self.datagram.clear();
+            self.at = 0;
+            let received = self
+                .socket
+                .socket_ref()
+                .recv(&mut self.datagram, MSG_DONTWAIT);
+            match received {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                received => {
+                    if let Some(event) = self.received(received.map(drop)) {
+                        return Some(event);
+                    }
                 }
+            }
+        }
+    }
+
+    /// What a receive means: `None` when a datagram arrived (decode it), else the event to
+    /// report (an overrun, or `None` for a failed socket).
+    fn received(&self, received: io::Result<()>) -> Option<Option<Event>> {
+        match received {
+            Ok(()) => None,
+            Err(e) if e.raw_os_error() == Some(ENOBUFS) => Some(Some(Event::Overrun)),
+            Err(e) => {
+                tracing::error!("reading kernel notifications: {e}");
+                Some(None)
             }
         }
     }

@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::FutureExt;
 use ipnet::IpNet;
 use netlink_packet_route::RouteNetlinkMessage;
 use tokio::sync::{mpsc, oneshot};
@@ -175,9 +174,8 @@ impl Programmer {
             route_protocols: [cfg.endpoint_protocol, cfg.learned_protocol],
             neigh_protocol: cfg.endpoint_protocol,
         };
-        let mut view = nl.read_kernel(&own.route_protocols).await?;
         let mut hop_sets = HopSets::default();
-        view.share_hops(&mut hop_sets);
+        let view = nl.read_kernel(&own.route_protocols, &mut hop_sets).await?;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let task = Task {
             cfg,
@@ -301,7 +299,7 @@ impl Task {
             self.on_command(cmd);
         }
         while self.events_open {
-            match self.events.next().now_or_never() {
+            match self.events.try_next() {
                 Some(Some(event)) => self.on_event(event),
                 Some(None) => self.events_open = false,
                 None => break,
@@ -441,10 +439,13 @@ impl Task {
     async fn resync(&mut self) {
         self.resync_due = false;
         let started = Instant::now();
-        match self.nl.read_kernel(&self.own.route_protocols).await {
+        match self
+            .nl
+            .read_kernel(&self.own.route_protocols, &mut self.hop_sets)
+            .await
+        {
             Ok(view) => {
                 self.view = view;
-                self.view.share_hops(&mut self.hop_sets);
                 self.sysctls_done.clear();
             }
             Err(e) => tracing::error!("resync: reading the kernel failed: {e}"),
