@@ -7,6 +7,8 @@
 //!   `<map>-dispatch` that drops traffic of unknown VM interfaces;
 //! - per endpoint `spoof-<if>`, `from-<if>` (egress), `to-<if>` (ingress);
 //! - per policy and direction `pol-<hash>-in|out`, shared by every endpoint it applies to;
+//!   an Allow or Pass rule ends in `goto policy-allow|policy-pass`, the two chains that set the
+//!   mark bit the endpoint chain tests and return to it;
 //! - per selector and IP version a set `sel4|6-<hash>`.
 //!
 //! Bad input never stops the rest: a bad rule, endpoint or floating IP is left out (fail
@@ -18,8 +20,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::model::{Action, Endpoint, HostVerdict, PolicyModel, Rule, Settings};
 use crate::names::{
-    self, Direction, NameError, comment_safe, endpoint_chain, policy_chain, selector_set,
-    spoof_chain,
+    self, ALLOW_CHAIN, Direction, NameError, PASS_CHAIN, comment_safe, endpoint_chain,
+    policy_chain, selector_set, spoof_chain,
 };
 use crate::rule::{self, MARK_ACCEPT, MARK_PASS, RuleProblem};
 use crate::ruleset::{AddressSet, Chain, ChainKind, Patch, Ruleset, VerdictMap};
@@ -136,6 +138,7 @@ pub fn compile(model: &PolicyModel) -> Result<Compiled, CompileError> {
         c.floating_ips(id, ep, &mut dnat, &mut snat);
     }
     c.add_sets();
+    c.add_verdict_chains();
     c.add_base_chains(spoof, from_vm, to_vm, dnat, snat);
     Ok(Compiled {
         ruleset: c.out,
@@ -438,6 +441,26 @@ impl Compiler<'_> {
             self.out.sets.insert(
                 selector_set(&selector, v6),
                 selector_members(self.model, &selector, v6),
+            );
+        }
+    }
+
+    /// The chains policy rules go to on Allow and Pass: each sets its mark bit and returns to
+    /// the endpoint chain (the policy chain was left by `goto`). Always present, so a targeted
+    /// policy patch may use either.
+    fn add_verdict_chains(&mut self) {
+        for (name, bit, what) in [
+            (ALLOW_CHAIN, MARK_ACCEPT, "Allow"),
+            (PASS_CHAIN, MARK_PASS, "Pass"),
+        ] {
+            self.out.chains.insert(
+                name.to_owned(),
+                Chain {
+                    kind: ChainKind::Policy,
+                    hook: None,
+                    note: Some(format!("a policy rule's {what}")),
+                    rules: vec![format!("meta mark set meta mark | {bit:#010x} return")],
+                },
             );
         }
     }

@@ -81,6 +81,14 @@ impl fmt::Display for Direction {
     }
 }
 
+/// The chain a policy's Allow rule goes to: it sets the Accept mark bit and returns to the
+/// endpoint chain that jumped to the policy. One small shared chain instead of the mark
+/// statement in every Allow rule keeps the policy rules small, and the kernel reads every rule
+/// of the table at each commit that adds rules.
+pub const ALLOW_CHAIN: &str = "policy-allow";
+/// The chain a policy's Pass rule goes to (sets the Pass mark bit, returns likewise).
+pub const PASS_CHAIN: &str = "policy-pass";
+
 /// The chain holding one policy's rules for one direction, shared by every endpoint.
 pub fn policy_chain(policy_id: &str, dir: Direction) -> String {
     let suffix = match dir {

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use ipnet::IpNet;
 
 use crate::model::{Action, EntityRule, Protocol, Rule};
-use crate::names::selector_set;
+use crate::names::{ALLOW_CHAIN, PASS_CHAIN, selector_set};
 
 /// The mark bit set by a policy that allowed the packet (Felix's MarkAccept).
 pub const MARK_ACCEPT: u32 = 0x0001_0000;
@@ -349,8 +349,8 @@ fn render_for(
         }
     }
     add(&match c.rule.action {
-        Action::Allow => format!("meta mark set meta mark | {MARK_ACCEPT:#010x} return"),
-        Action::Pass => format!("meta mark set meta mark | {MARK_PASS:#010x} return"),
+        Action::Allow => format!("goto {ALLOW_CHAIN}"),
+        Action::Pass => format!("goto {PASS_CHAIN}"),
         Action::Deny => "drop".to_owned(),
         Action::Log => format!("log prefix \"{log_prefix}\""),
     });
@@ -406,9 +406,7 @@ mod tests {
         let r = render(&tcp(&["22", "8000:8080", "443:443"]), "").unwrap();
         assert_eq!(
             r.lines,
-            [
-                "meta l4proto tcp th dport { 22, 8000-8080, 443 } meta mark set meta mark | 0x00010000 return"
-            ]
+            ["meta l4proto tcp th dport { 22, 8000-8080, 443 } goto policy-allow"]
         );
     }
 
@@ -476,7 +474,7 @@ mod tests {
         assert_eq!(
             out.lines,
             [
-                "meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type 128 icmpv6 code 0 meta mark set meta mark | 0x00010000 return"
+                "meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type 128 icmpv6 code 0 goto policy-allow"
             ]
         );
         r.icmp = Some(Icmp {

@@ -182,7 +182,8 @@ pub struct Trace {
     /// about fields the packet does not give.
     pub reason: String,
     /// The chains of table `inet skog` the packet goes through, in order (empty when not
-    /// filtered): `nft list chain inet skog <name>` shows each.
+    /// filtered): `nft list chain inet skog <name>` shows each. The one-rule chains an Allow
+    /// or Pass rule goes to (`policy-allow`, `policy-pass`) are left out.
     pub path: Vec<String>,
     /// False when Skog does not filter this packet at all.
     pub filtered: bool,

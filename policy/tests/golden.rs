@@ -56,7 +56,7 @@ fn invalid_rules_are_rejected_alone_and_named() {
     // The valid rule after them is still there; the invalid Deny became a plain drop.
     let text = out.ruleset.table_text();
     assert!(
-        text.contains("meta l4proto tcp th dport 22 meta mark set"),
+        text.contains("meta l4proto tcp th dport 22 goto policy-allow"),
         "{text}"
     );
     // Injection attempts never reach the ruleset text outside comments.
