@@ -4,8 +4,8 @@
 //! on the hypervisor (its kernel protocol installing what BGP learned), same test bed and run.
 //!
 //! Memory: skog's figure is the growth of this process's RSS from before the speaker and the
-//! programmer started (runtime, RIBs, the programmer's desired state and kernel view); BIRD's
-//! is its whole RSS. The 10,000 announced routes are the speaker's export set (in production
+//! programmer started (runtime, RIBs, the programmer's desired state and kernel view), with
+//! the allocator set as skogd sets it (`skog_agent::allocator`); BIRD's is its whole RSS. The 10,000 announced routes are the speaker's export set (in production
 //! the programmer also holds them as endpoint routes; BIRD learns them from the kernel).
 //!
 //! Besides the BENCH lines it prints, on stderr, where skog's time goes: when the speaker held
@@ -161,6 +161,8 @@ fn wait_established(rt: &tokio::runtime::Runtime, speaker: &SpeakerHandle) {
 }
 
 fn main() {
+    // The allocator as skogd sets it: this process stands in for skogd's memory.
+    skog_agent::allocator::tune();
     let quick = std::env::args().any(|a| a == "--quick");
     let reps = if quick { 1 } else { 3 };
 

@@ -1,5 +1,6 @@
 //! skogd and skogctl: the per-node agent.
 
+pub mod allocator;
 pub mod api;
 pub mod config;
 pub mod ctl;

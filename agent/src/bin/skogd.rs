@@ -24,6 +24,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    skog_agent::allocator::tune();
     let args = Args::parse();
     if let Some(path) = args.check_config {
         return match Config::load(&path) {

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::kernel::{Hop, HopSets, Link, Neigh, NeighKey, Route, RouteKey, RouteTarget};
-use super::types::{DataplaneConfig, DesiredEndpoint, LearnedRoute, TapState};
+use super::types::{DataplaneConfig, DesiredEndpoint, LearnedNextHop, LearnedRoutes, TapState};
 
 /// Who asked for a kernel object, to attribute errors.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -58,7 +58,7 @@ pub struct Desired {
 /// Computes the desired kernel state.
 pub fn compute(
     endpoints: &BTreeMap<String, DesiredEndpoint>,
-    learned: &BTreeMap<IpNet, LearnedRoute>,
+    learned: &LearnedRoutes,
     links: &HashMap<&str, &Link>,
     cfg: &DataplaneConfig,
     hop_sets: &mut HopSets,
@@ -146,18 +146,18 @@ pub fn compute(
             .endpoints
             .insert(ep.id.clone(), EndpointCheck { tap, problems });
     }
-    for (prefix, route) in learned {
-        update_learned(&mut desired, *prefix, Some(route), links, cfg, hop_sets);
+    for (prefix, next_hops) in learned {
+        update_learned(&mut desired, *prefix, Some(next_hops), links, cfg, hop_sets);
     }
     desired
 }
 
-/// Brings the desired state of one learned route up to date (`route: None`: it is gone);
+/// Brings the desired state of one learned route up to date (`next_hops: None`: it is gone);
 /// returns its kernel key. A learned route never displaces an endpoint's route.
 pub fn update_learned(
     desired: &mut Desired,
     prefix: IpNet,
-    route: Option<&LearnedRoute>,
+    next_hops: Option<&[LearnedNextHop]>,
     links: &HashMap<&str, &Link>,
     cfg: &DataplaneConfig,
     hop_sets: &mut HopSets,
@@ -168,13 +168,13 @@ pub fn update_learned(
     };
     desired.learned_problems.remove(&prefix);
     if let Some((_, Owner::Endpoint(id))) = desired.routes.get(&key) {
-        if route.is_some() {
+        if next_hops.is_some() {
             let problem = format!("prefix is a local route of endpoint {id}; not installed");
             desired.learned_problems.insert(prefix, problem);
         }
         return key;
     }
-    match route.map(|r| learned_route(r, links, cfg, hop_sets)) {
+    match next_hops.map(|hops| learned_route(prefix, hops, links, cfg, hop_sets)) {
         Some(Ok(kernel_route)) => {
             desired
                 .routes
@@ -192,16 +192,17 @@ pub fn update_learned(
 }
 
 fn learned_route(
-    route: &LearnedRoute,
+    prefix: IpNet,
+    next_hops: &[LearnedNextHop],
     links: &HashMap<&str, &Link>,
     cfg: &DataplaneConfig,
     hop_sets: &mut HopSets,
 ) -> Result<Route, String> {
-    if route.next_hops.is_empty() {
+    if next_hops.is_empty() {
         return Err("no next hop".into());
     }
     let mut hops = Vec::new();
-    for nh in route.next_hops.iter() {
+    for nh in next_hops {
         let ifindex = match &nh.interface {
             None => None,
             Some(name) => match links.get(name.as_str()) {
@@ -215,7 +216,7 @@ fn learned_route(
             },
         };
         let family_ok = matches!(
-            (route.prefix, nh.gateway),
+            (prefix, nh.gateway),
             (IpNet::V4(_), IpAddr::V4(_)) | (IpNet::V6(_), IpAddr::V6(_))
         );
         if !family_ok {
@@ -240,6 +241,7 @@ fn learned_route(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::LearnedRoute;
     use crate::dataplane::types::{LearnedNextHop, MacAddr};
 
     fn ep(id: &str, tap: &str, addrs: &[&str]) -> DesiredEndpoint {
@@ -277,7 +279,10 @@ mod tests {
         let links = links();
         let by_name = links.iter().map(|l| (l.name.as_str(), l)).collect();
         let eps = eps.into_iter().map(|e| (e.id.clone(), e)).collect();
-        let learned = learned.into_iter().map(|r| (r.prefix, r)).collect();
+        let learned = learned
+            .into_iter()
+            .map(|r| (r.prefix, r.next_hops))
+            .collect();
         compute(
             &eps,
             &learned,

@@ -16,8 +16,8 @@ use super::messages;
 use super::netlink::{self, Event, Events, Netlink, NetlinkError};
 use super::reconcile::{self, Complete, Op, Ownership};
 use super::types::{
-    DataplaneConfig, DesiredEndpoint, EndpointStatus, LearnedRoute, ProgrammedRoute, RouteEvent,
-    Snapshot,
+    DataplaneConfig, DesiredEndpoint, EndpointStatus, LearnedRoute, LearnedRoutes, ProgrammedRoute,
+    RouteEvent, Snapshot,
 };
 
 /// Commands queued before the task applies back-pressure.
@@ -186,7 +186,7 @@ impl Programmer {
             rx,
             route_events,
             endpoints: BTreeMap::new(),
-            learned: BTreeMap::new(),
+            learned: LearnedRoutes::new(),
             view,
             desired: Desired::default(),
             complete: Complete::default(),
@@ -231,7 +231,7 @@ struct Task {
     rx: mpsc::Receiver<Command>,
     route_events: mpsc::UnboundedSender<RouteEvent>,
     endpoints: BTreeMap<String, DesiredEndpoint>,
-    learned: BTreeMap<IpNet, LearnedRoute>,
+    learned: LearnedRoutes,
     view: KernelView,
     desired: Desired,
     complete: Complete,
@@ -323,7 +323,7 @@ impl Task {
             Command::SetLearned(routes) => {
                 for route in routes {
                     self.dirty_learned.insert(route.prefix);
-                    self.learned.insert(route.prefix, route);
+                    self.learned.insert(route.prefix, route.next_hops);
                 }
             }
             Command::RemoveLearned(prefixes) => {
@@ -537,7 +537,7 @@ impl Task {
             .collect();
         for prefix in round {
             self.dirty_learned.remove(&prefix);
-            let route = self.learned.get(&prefix);
+            let route = self.learned.get(&prefix).map(|hops| &hops[..]);
             let key = desired::update_learned(
                 &mut self.desired,
                 prefix,

@@ -2,6 +2,7 @@
 //! from the datastore model and from skog-bgp) and what it reports (route events for the BGP
 //! speaker, per-endpoint status and counters for the CLI and metrics).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 use std::str::FromStr;
@@ -81,6 +82,9 @@ pub struct LearnedRoute {
     /// of one peer hold one copy.
     pub next_hops: Arc<[LearnedNextHop]>,
 }
+
+/// The learned routes the programmer holds: prefix → its next hops (shared sets).
+pub type LearnedRoutes = HashMap<IpNet, Arc<[LearnedNextHop]>>;
 
 /// Settings of the route programmer.
 #[derive(Debug, Clone, PartialEq, Eq)]
