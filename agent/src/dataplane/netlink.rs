@@ -80,6 +80,8 @@ fn kernel_error(code: NonZeroI32) -> io::Error {
 #[derive(Debug, Clone)]
 pub struct Netlink {
     handle: ConnectionHandle<RouteNetlinkMessage>,
+    /// The socket's netlink port id, which the kernel puts in the notifications of our writes.
+    port: u32,
     batch_size: usize,
     timeout: Duration,
 }
@@ -97,15 +99,25 @@ impl Netlink {
         socket
             .set_netlink_get_strict_chk(true)
             .map_err(NetlinkError::Socket)?;
+        let port = socket
+            .bind_auto()
+            .map_err(NetlinkError::Socket)?
+            .port_number();
         // Every write gets exactly one answer (ack or error), in order: that is how an error
         // is matched to its operation.
         conn.set_forward_ack(true);
         tokio::spawn(conn);
         Ok(Netlink {
             handle,
+            port,
             batch_size: batch_size.max(1),
             timeout,
         })
+    }
+
+    /// The port id of the request socket.
+    pub fn port(&self) -> u32 {
+        self.port
     }
 
     /// Runs a dump, handing each answer to `take` as it arrives (a dump of 100,000 routes is
@@ -285,9 +297,13 @@ pub enum Event {
 
 /// Kernel notifications (links, IPv4/IPv6 routes, neighbours), read and decoded a datagram at
 /// a time as the programmer asks for them. A backlog (the echoes of a 100,000-route write)
-/// waits in the kernel's socket buffer, not decoded in ours.
+/// waits in the kernel's socket buffer, not decoded in ours. The echoes of our own writes
+/// (their header carries the port id of the socket that asked) are skipped undecoded: the
+/// write's acknowledgement already put its outcome in the programmer's view.
 pub struct Events {
     socket: TokioSocket,
+    /// Port id of our request socket, whose notifications are skipped.
+    own_port: Option<u32>,
     /// The last datagram read, and where its next undecoded message starts.
     datagram: Vec<u8>,
     at: usize,
@@ -320,9 +336,15 @@ impl Events {
         set_receive_buffer(sock)?;
         Ok(Events {
             socket,
+            own_port: None,
             datagram: Vec::with_capacity(DATAGRAM),
             at: 0,
         })
+    }
+
+    /// Skips from now on the notifications of what the socket with port id `port` wrote.
+    pub fn skip_echoes_of(&mut self, port: u32) {
+        self.own_port = Some(port);
     }
 
     /// The next notification; `None` when the socket failed (logged).
@@ -383,17 +405,21 @@ impl Events {
     fn decode_next(&mut self) -> Option<RouteNetlinkMessage> {
         while self.at < self.datagram.len() {
             let rest = &self.datagram[self.at..];
-            let len = match NetlinkBuffer::new_checked(rest) {
-                Ok(buf) => buf.length() as usize,
+            let (len, port) = match NetlinkBuffer::new_checked(rest) {
+                Ok(buf) => (buf.length() as usize, buf.port_number()),
                 Err(e) => {
                     tracing::warn!("undecodable kernel notification datagram: {e}");
                     self.at = self.datagram.len();
                     return None;
                 }
             };
-            let message = rest.get(..len).map(Message::deserialize);
+            let echo = self.own_port == Some(port);
+            let message = (!echo).then(|| rest.get(..len).map(Message::deserialize));
             // Messages in a datagram are 4-byte aligned.
             self.at += len.max(1).next_multiple_of(4);
+            let Some(message) = message else {
+                continue;
+            };
             match message {
                 Some(Ok(msg)) => {
                     if let NetlinkPayload::InnerMessage(inner) = msg.payload {

@@ -168,8 +168,9 @@ impl Programmer {
         route_events: mpsc::UnboundedSender<RouteEvent>,
     ) -> Result<(ProgrammerHandle, JoinHandle<()>), ProgrammerError> {
         // Subscribe before the first dump, so no change between the two is missed.
-        let events = Events::open()?;
+        let mut events = Events::open()?;
         let nl = Netlink::open(cfg.batch_size, cfg.batch_timeout)?;
+        events.skip_echoes_of(nl.port());
         let own = Ownership {
             route_protocols: [cfg.endpoint_protocol, cfg.learned_protocol],
             neigh_protocol: cfg.endpoint_protocol,
