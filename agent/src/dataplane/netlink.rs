@@ -1,7 +1,8 @@
-//! The thin netlink driver: a request socket (strict-checked dumps filtered by protocol,
-//! batched and pipelined writes with NETLINK_CAP_ACK and a large receive buffer, a timeout
-//! around every batch), the notification socket (read as the programmer asks), and the per-tap sysctls (files under
-//! /proc/sys of the calling thread's network namespace).
+//! The thin netlink driver: the request sockets (strict-checked dumps filtered by protocol;
+//! batched and pipelined writes, spread over two sockets, with NETLINK_CAP_ACK and a large
+//! receive buffer, a timeout around every batch), the notification socket (read as the
+//! programmer asks), and the per-tap sysctls (files under /proc/sys of the calling thread's
+//! network namespace).
 
 use std::io;
 use std::num::NonZeroI32;
@@ -27,7 +28,10 @@ use super::reconcile::Op;
 const RECEIVE_BUFFER: usize = 16 << 20;
 /// Room for one notification datagram (the kernel sends at most a page or two).
 const DATAGRAM: usize = 64 << 10;
-/// Batches in flight at once on the request socket.
+/// Request sockets: the kernel inserts a route in the context of the thread that sends it, so
+/// two sockets (each served by its own task) let two threads insert at once.
+const WRITERS: usize = 2;
+/// Batches in flight at once, over all request sockets.
 const BATCHES_IN_FLIGHT: usize = 4;
 
 const ENOENT: i32 = 2;
@@ -76,20 +80,26 @@ fn kernel_error(code: NonZeroI32) -> io::Error {
     io::Error::from_raw_os_error(-code.get())
 }
 
-/// The request socket.
+/// The request sockets: the first also answers dumps; writes are spread over all of them.
 #[derive(Debug, Clone)]
 pub struct Netlink {
-    handle: ConnectionHandle<RouteNetlinkMessage>,
-    /// The socket's netlink port id, which the kernel puts in the notifications of our writes.
-    port: u32,
+    writers: Vec<Writer>,
     batch_size: usize,
     timeout: Duration,
 }
 
-impl Netlink {
-    /// Opens the socket in the calling thread's namespace and spawns its connection task on the
-    /// current tokio runtime.
-    pub fn open(batch_size: usize, timeout: Duration) -> Result<Netlink, NetlinkError> {
+/// One request socket, served by its own connection task.
+#[derive(Debug, Clone)]
+struct Writer {
+    handle: ConnectionHandle<RouteNetlinkMessage>,
+    /// The socket's netlink port id, which the kernel puts in the notifications of our writes.
+    port: u32,
+}
+
+impl Writer {
+    /// Opens the socket in the calling thread's namespace and spawns its connection task on
+    /// the current tokio runtime.
+    fn open() -> Result<Writer, NetlinkError> {
         let (mut conn, handle, _unsolicited) =
             netlink_proto::new_connection::<RouteNetlinkMessage>(NETLINK_ROUTE)
                 .map_err(NetlinkError::Socket)?;
@@ -107,17 +117,26 @@ impl Netlink {
         // is matched to its operation.
         conn.set_forward_ack(true);
         tokio::spawn(conn);
+        Ok(Writer { handle, port })
+    }
+}
+
+impl Netlink {
+    /// Opens the sockets in the calling thread's namespace and spawns their connection tasks
+    /// on the current tokio runtime.
+    pub fn open(batch_size: usize, timeout: Duration) -> Result<Netlink, NetlinkError> {
         Ok(Netlink {
-            handle,
-            port,
+            writers: (0..WRITERS)
+                .map(|_| Writer::open())
+                .collect::<Result<_, _>>()?,
             batch_size: batch_size.max(1),
             timeout,
         })
     }
 
-    /// The port id of the request socket.
-    pub fn port(&self) -> u32 {
-        self.port
+    /// The port ids of the request sockets.
+    pub fn ports(&self) -> impl Iterator<Item = u32> + '_ {
+        self.writers.iter().map(|w| w.port)
     }
 
     /// Runs a dump, handing each answer to `take` as it arrives (a dump of 100,000 routes is
@@ -128,7 +147,7 @@ impl Netlink {
         request: Message,
         mut take: impl FnMut(RouteNetlinkMessage),
     ) -> Result<(), NetlinkError> {
-        let mut responses = self
+        let mut responses = self.writers[0]
             .handle
             .request(request, SocketAddr::new(0, 0))
             .map_err(|_| NetlinkError::Closed)?;
@@ -207,15 +226,18 @@ impl Netlink {
         // Requests are built a batch at a time, as batches go out: a large apply (100,000
         // learned routes) never holds every message at once.
         let mut chunks = ops.chunks(self.batch_size);
+        let mut writers = self.writers.iter().cycle();
         let mut in_flight = FuturesOrdered::new();
         let mut outcomes = Vec::with_capacity(ops.len());
         loop {
             while in_flight.len() < BATCHES_IN_FLIGHT {
-                let Some(chunk) = chunks.next() else { break };
+                let (Some(chunk), Some(writer)) = (chunks.next(), writers.next()) else {
+                    break;
+                };
                 let requests = chunk.iter().map(messages::op_request).collect();
                 let deletes = chunk.iter().map(is_delete).collect();
                 in_flight.push_back(apply_batch(
-                    self.handle.clone(),
+                    writer.handle.clone(),
                     requests,
                     deletes,
                     self.timeout,
@@ -302,8 +324,8 @@ pub enum Event {
 /// write's acknowledgement already put its outcome in the programmer's view.
 pub struct Events {
     socket: TokioSocket,
-    /// Port id of our request socket, whose notifications are skipped.
-    own_port: Option<u32>,
+    /// Port ids of our request sockets, whose notifications are skipped.
+    own_ports: Vec<u32>,
     /// The last datagram read, and where its next undecoded message starts.
     datagram: Vec<u8>,
     at: usize,
@@ -336,15 +358,15 @@ impl Events {
         set_receive_buffer(sock)?;
         Ok(Events {
             socket,
-            own_port: None,
+            own_ports: Vec::new(),
             datagram: Vec::with_capacity(DATAGRAM),
             at: 0,
         })
     }
 
-    /// Skips from now on the notifications of what the socket with port id `port` wrote.
-    pub fn skip_echoes_of(&mut self, port: u32) {
-        self.own_port = Some(port);
+    /// Skips from now on the notifications of what the sockets with these port ids wrote.
+    pub fn skip_echoes_of(&mut self, ports: impl IntoIterator<Item = u32>) {
+        self.own_ports = ports.into_iter().collect();
     }
 
     /// The next notification; `None` when the socket failed (logged).
@@ -413,7 +435,7 @@ impl Events {
                     return None;
                 }
             };
-            let echo = self.own_port == Some(port);
+            let echo = self.own_ports.contains(&port);
             let message = (!echo).then(|| rest.get(..len).map(Message::deserialize));
             // Messages in a datagram are 4-byte aligned.
             self.at += len.max(1).next_multiple_of(4);

@@ -170,7 +170,7 @@ impl Programmer {
         // Subscribe before the first dump, so no change between the two is missed.
         let mut events = Events::open()?;
         let nl = Netlink::open(cfg.batch_size, cfg.batch_timeout)?;
-        events.skip_echoes_of(nl.port());
+        events.skip_echoes_of(nl.ports());
         let own = Ownership {
             route_protocols: [cfg.endpoint_protocol, cfg.learned_protocol],
             neigh_protocol: cfg.endpoint_protocol,
@@ -200,6 +200,7 @@ impl Programmer {
             dirty_routes: HashSet::new(),
             hop_sets,
             withdrawn: HashSet::new(),
+            next_round: None,
             resync_due: false,
             replies: Vec::new(),
         };
@@ -214,6 +215,12 @@ struct Stats {
     resyncs: u64,
     last_apply: Option<Duration>,
     last_resync: Option<Duration>,
+}
+
+/// One round of the incremental path: the routes looked at, and the writes they need.
+struct Round {
+    keys: Vec<RouteKey>,
+    ops: Vec<Op>,
 }
 
 enum Reply {
@@ -253,6 +260,8 @@ struct Task {
     /// Learned routes this run installed and BGP then withdrew before it converged: they go
     /// at once, unlike the ones a previous run left.
     withdrawn: HashSet<RouteKey>,
+    /// The next round of the incremental path, planned while the last one was written.
+    next_round: Option<Round>,
     resync_due: bool,
     replies: Vec<Reply>,
 }
@@ -278,20 +287,25 @@ impl Task {
                     next_resync = tokio::time::Instant::now() + jittered(self.cfg.resync_interval);
                 }
                 // Learned routes left over from the last round: go on at once.
-                () = std::future::ready(()), if !self.dirty_learned.is_empty() => {}
+                () = std::future::ready(()), if self.routes_pending() => {}
             }
             self.drain_ready();
             if self.resync_due {
                 self.resync().await;
             } else if self.dirty {
                 self.reconcile().await;
-            } else if !self.dirty_learned.is_empty() || !self.dirty_routes.is_empty() {
+            } else if self.routes_pending() || !self.dirty_routes.is_empty() {
                 self.reconcile_routes().await;
             }
             if self.send_replies() {
                 return;
             }
         }
+    }
+
+    /// Whether learned routes wait to be planned or written.
+    fn routes_pending(&self) -> bool {
+        !self.dirty_learned.is_empty() || self.next_round.is_some()
     }
 
     /// Takes every command and event that is already waiting, so one reconcile covers them all.
@@ -459,6 +473,8 @@ impl Task {
 
     async fn reconcile(&mut self) {
         self.dirty = false;
+        // A full plan covers the keys of a planned round too.
+        self.next_round = None;
         self.dirty_learned.clear();
         self.dirty_routes.clear();
         let links = self.view.links_by_name();
@@ -507,6 +523,20 @@ impl Task {
         }
         let started = Instant::now();
         let outcomes = self.nl.apply(ops).await;
+        self.settle(ops, outcomes, started)
+    }
+
+    /// Records in the view what of `ops` (written since `started`) succeeded, and returns
+    /// what failed, with why.
+    fn settle(
+        &mut self,
+        ops: &[Op],
+        outcomes: Vec<Result<(), NetlinkError>>,
+        started: Instant,
+    ) -> Vec<(Op, String)> {
+        if ops.is_empty() {
+            return Vec::new();
+        }
         self.stats.last_apply = Some(started.elapsed());
         self.stats.kernel_writes += ops.len() as u64;
         let mut failed = Vec::new();
@@ -526,8 +556,59 @@ impl Task {
 
     /// The incremental path: only learned routes changed, or the kernel reported changes of
     /// single routes. Each concerned route is brought in line on its own, at most
-    /// [`LEARNED_ROUND`] learned routes at a time; nothing is recomputed for the others.
+    /// [`LEARNED_ROUND`] learned routes at a time; nothing is recomputed for the others. While
+    /// a round is written (on the netlink tasks), the next one is planned.
     async fn reconcile_routes(&mut self) {
+        let Round { keys, ops } = match self.next_round.take() {
+            Some(round) => round,
+            None => self.plan_round(),
+        };
+        let started = Instant::now();
+        let nl = self.nl.clone();
+        let write = tokio::spawn(async move {
+            let outcomes = nl.apply(&ops).await;
+            (ops, outcomes)
+        });
+        if !self.dirty_learned.is_empty() {
+            // Its keys are not this round's: what is in flight does not change its plan.
+            self.next_round = Some(self.plan_round());
+        }
+        let failed = match write.await {
+            Ok((ops, outcomes)) => self.settle(&ops, outcomes, started),
+            Err(e) => {
+                tracing::error!("the netlink write task failed: {e}; full resync");
+                self.resync_due = true;
+                Vec::new()
+            }
+        };
+        // The errors of the routes looked at are the ones of this round.
+        for key in &keys {
+            if let Some((_, owner @ Owner::Learned(_))) = self.desired.routes.get(key) {
+                self.apply_errors.remove(owner);
+            }
+        }
+        for (op, error) in failed {
+            match reconcile::owner_of(&op, &self.desired) {
+                Some(owner) => {
+                    tracing::warn!("{owner:?}: {error}");
+                    self.apply_errors.insert(owner.clone(), error);
+                }
+                None => tracing::warn!("{error}"),
+            }
+        }
+        // Endpoint routes among them may have come or gone (a tap's route deleted by hand).
+        let endpoint_route = |k: &RouteKey| {
+            matches!(self.desired.routes.get(k), Some((_, Owner::Endpoint(_))))
+                || self.announced.contains(&k.dst)
+        };
+        if keys.iter().any(endpoint_route) {
+            self.announce();
+        }
+    }
+
+    /// Takes the routes the kernel reported changed and up to [`LEARNED_ROUND`] changed
+    /// learned routes, brings their desired state up to date, and plans their writes.
+    fn plan_round(&mut self) -> Round {
         let links = self.view.links_by_name();
         let mut keys: HashSet<RouteKey> = std::mem::take(&mut self.dirty_routes);
         let round: Vec<IpNet> = self
@@ -567,29 +648,7 @@ impl Task {
             &keys,
             &self.withdrawn,
         );
-        // The errors of the routes looked at are the ones of this round.
-        for key in &keys {
-            if let Some((_, owner @ Owner::Learned(_))) = self.desired.routes.get(key) {
-                self.apply_errors.remove(owner);
-            }
-        }
-        for (op, error) in self.write(&ops).await {
-            match reconcile::owner_of(&op, &self.desired) {
-                Some(owner) => {
-                    tracing::warn!("{owner:?}: {error}");
-                    self.apply_errors.insert(owner.clone(), error);
-                }
-                None => tracing::warn!("{error}"),
-            }
-        }
-        // Endpoint routes among them may have come or gone (a tap's route deleted by hand).
-        let endpoint_route = |k: &RouteKey| {
-            matches!(self.desired.routes.get(k), Some((_, Owner::Endpoint(_))))
-                || self.announced.contains(&k.dst)
-        };
-        if keys.iter().any(endpoint_route) {
-            self.announce();
-        }
+        Round { keys, ops }
     }
 
     fn announce(&mut self) {
