@@ -3,11 +3,12 @@
 //! two endpoints, a learned route through an unknown interface) is reported on the item concerned
 //! and skipped; it never affects the other items.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::HashMap;
 use super::kernel::{Hop, HopSets, Link, Neigh, NeighKey, Route, RouteKey, RouteTarget};
 use super::types::{DataplaneConfig, DesiredEndpoint, LearnedNextHop, LearnedRoutes, TapState};
 
@@ -66,7 +67,7 @@ pub fn compute(
     let mut desired = Desired::default();
     // Which endpoint claimed each destination first (endpoints are visited in id order, so the
     // outcome of a conflict does not depend on arrival order).
-    let mut claimed: HashMap<IpNet, &str> = HashMap::new();
+    let mut claimed: HashMap<IpNet, &str> = HashMap::default();
     for ep in endpoints.values() {
         let link = links.get(ep.interface.as_str());
         let tap = match link {

@@ -2,13 +2,13 @@
 //! table by (destination, metric), neighbours by (interface, address, proxy or not). Both the
 //! desired state and the programmer's view of the actual state are expressed in these types.
 
-use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 
 use super::types::MacAddr;
+use super::{HashMap, HashSet};
 
 /// A network interface as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

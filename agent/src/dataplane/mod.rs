@@ -17,6 +17,12 @@ pub mod programmer;
 pub mod reconcile;
 pub mod types;
 
+/// The programmer's maps and sets: keyed by prefixes and routes by the hundred thousand, so
+/// hashed with foldhash (seeded per process, like hashbrown's default) rather than SipHash.
+pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// See [`HashMap`].
+pub type HashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+
 pub use programmer::{Programmer, ProgrammerError, ProgrammerHandle};
 pub use types::{
     DataplaneConfig, DesiredEndpoint, EndpointStatus, LearnedNextHop, LearnedRoute, MacAddr,

@@ -2,7 +2,7 @@
 //! sockets, and takes messages through a [`ProgrammerHandle`]. Every wake-up (a command, kernel
 //! events, the resync timer) first drains whatever else is ready, then reconciles once.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
@@ -10,6 +10,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::HashSet;
 use super::desired::{self, Desired, Owner};
 use super::kernel::{HopSets, KernelView, RouteKey, RouteTarget};
 use super::messages;
@@ -187,19 +188,19 @@ impl Programmer {
             rx,
             route_events,
             endpoints: BTreeMap::new(),
-            learned: LearnedRoutes::new(),
+            learned: LearnedRoutes::default(),
             view,
             desired: Desired::default(),
             complete: Complete::default(),
-            sysctls_done: HashSet::new(),
+            sysctls_done: HashSet::default(),
             apply_errors: BTreeMap::new(),
             announced: BTreeSet::new(),
             stats: Stats::default(),
             dirty: false,
-            dirty_learned: HashSet::new(),
-            dirty_routes: HashSet::new(),
+            dirty_learned: HashSet::default(),
+            dirty_routes: HashSet::default(),
             hop_sets,
-            withdrawn: HashSet::new(),
+            withdrawn: HashSet::default(),
             next_round: None,
             resync_due: false,
             replies: Vec::new(),

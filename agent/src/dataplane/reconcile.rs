@@ -7,10 +7,11 @@
 //! - until the desired state is known to be complete (start-up), nothing is deleted: endpoint
 //!   objects once the datastore's initial load is in, learned routes once BGP has converged.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 
 use ipnet::IpNet;
 
+use super::HashSet;
 use super::desired::{Desired, Owner};
 use super::kernel::{KernelView, Neigh, NeighKey, Route, RouteKey};
 

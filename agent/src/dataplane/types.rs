@@ -2,7 +2,6 @@
 //! from the datastore model and from skog-bgp) and what it reports (route events for the BGP
 //! speaker, per-endpoint status and counters for the CLI and metrics).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 use std::str::FromStr;
@@ -10,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+
+use super::HashMap;
 
 /// A VM MAC address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
