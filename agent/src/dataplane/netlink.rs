@@ -18,6 +18,7 @@ use netlink_proto::sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
 use nix::libc::MSG_DONTWAIT;
 use nix::sys::socket::{setsockopt, sockopt};
 use rtnetlink::MulticastGroup;
+use socket2::{SockFilter, SockRef};
 
 use super::desired::Tap;
 use super::kernel::{HopSets, KernelView};
@@ -308,6 +309,27 @@ fn set_receive_buffer(socket: &mut netlink_sys::Socket) -> Result<(), NetlinkErr
         .map_err(NetlinkError::Socket)
 }
 
+/// A classic BPF program that drops the netlink messages whose sender port id (`nlmsg_pid`,
+/// the notifications of a request socket's writes) is one of `ports`, and keeps the rest.
+fn echo_filter(ports: &[u32]) -> Vec<SockFilter> {
+    const LOAD_WORD: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JUMP_IF_EQUAL: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RETURN: u16 = 0x06; // BPF_RET | BPF_K
+    const NLMSG_PID: u32 = 12; // offsetof(struct nlmsghdr, nlmsg_pid)
+    let mut program = vec![SockFilter::new(LOAD_WORD, 0, 0, NLMSG_PID)];
+    let count = ports.len();
+    for (i, port) in ports.iter().enumerate() {
+        // Loads read big-endian; the header is in host order. Jump past the jumps left and
+        // the "keep" to the "drop".
+        let value = u32::from_be_bytes(port.to_ne_bytes());
+        let to_drop = u8::try_from(count - i).unwrap_or(u8::MAX);
+        program.push(SockFilter::new(JUMP_IF_EQUAL, to_drop, 0, value));
+    }
+    program.push(SockFilter::new(RETURN, 0, 0, u32::MAX)); // keep the whole message
+    program.push(SockFilter::new(RETURN, 0, 0, 0)); // drop it
+    program
+}
+
 /// A kernel notification.
 #[derive(Debug)]
 pub enum Event {
@@ -364,9 +386,15 @@ impl Events {
         })
     }
 
-    /// Skips from now on the notifications of what the sockets with these port ids wrote.
+    /// Skips from now on the notifications of what the sockets with these port ids wrote:
+    /// the kernel drops them before they reach our socket (a socket filter), and what still
+    /// arrives (no filter) is skipped undecoded.
     pub fn skip_echoes_of(&mut self, ports: impl IntoIterator<Item = u32>) {
         self.own_ports = ports.into_iter().collect();
+        let filter = echo_filter(&self.own_ports);
+        if let Err(e) = SockRef::from(self.socket.socket_ref()).attach_filter(&filter) {
+            tracing::warn!("no socket filter for our own notifications ({e}); skipping them here");
+        }
     }
 
     /// The next notification; `None` when the socket failed (logged).
