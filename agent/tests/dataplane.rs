@@ -597,3 +597,75 @@ fn learned_routes_of_a_previous_run_stay_until_bgp_has_converged() {
         "the stale learned route stayed after BGP converged"
     );
 }
+
+/// Only the last write of a batch asks for an acknowledgement; a failure anywhere in a batch
+/// is still reported on its own operation, and a delete of something already gone succeeds.
+#[test]
+fn each_failed_write_of_a_batch_is_reported_on_its_own_operation() {
+    use std::sync::Arc;
+
+    use skog_agent::dataplane::kernel::{Hop, Route, RouteKey, RouteTarget};
+    use skog_agent::dataplane::netlink::Netlink;
+    use skog_agent::dataplane::reconcile::Op;
+
+    let mut tb = Testbed::new("dp_errors").unwrap();
+    let hv = tb.add_hypervisor("hv1", 65001).unwrap();
+    let ns = tb.hv(hv).unwrap().ns();
+    let key = |dst: &str| RouteKey {
+        dst: dst.parse().unwrap(),
+        metric: 1024,
+    };
+    let on_lo = Route {
+        protocol: 84,
+        target: RouteTarget::Device(ns.ifindex("lo").unwrap()),
+    };
+    // No route leads to this gateway: the kernel refuses such a route.
+    let unreachable = Route {
+        protocol: 84,
+        target: RouteTarget::Gateways(Arc::from([Hop {
+            gateway: "198.51.100.200".parse().unwrap(),
+            ifindex: None,
+        }])),
+    };
+    let ops = vec![
+        Op::ReplaceRoute(key("203.0.113.1/32"), on_lo.clone()),
+        Op::ReplaceRoute(key("203.0.113.2/32"), on_lo.clone()),
+        Op::ReplaceRoute(key("203.0.113.3/32"), unreachable.clone()),
+        Op::ReplaceRoute(key("203.0.113.4/32"), on_lo.clone()),
+        // Second batch: a delete of nothing, then a failure as the batch's last message.
+        Op::DeleteRoute(key("203.0.113.5/32"), on_lo.clone()),
+        Op::ReplaceRoute(key("203.0.113.6/32"), on_lo),
+        Op::ReplaceRoute(key("203.0.113.7/32"), unreachable),
+    ];
+    let outcomes = ns
+        .enter(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let nl = Netlink::open(4, Duration::from_secs(5)).unwrap();
+                let outcomes = nl.apply(&ops).await;
+                outcomes.iter().map(Result::is_ok).collect::<Vec<_>>()
+            })
+        })
+        .unwrap();
+    assert_eq!(outcomes, [true, true, false, true, true, true, false]);
+    let present: Vec<IpNet> = ns
+        .kernel_routes(false)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.protocol == "84")
+        .map(|r| r.dst)
+        .collect();
+    let want: Vec<IpNet> = [
+        "203.0.113.1/32",
+        "203.0.113.2/32",
+        "203.0.113.4/32",
+        "203.0.113.6/32",
+    ]
+    .iter()
+    .map(|d| d.parse().unwrap())
+    .collect();
+    assert_eq!(present, want);
+}

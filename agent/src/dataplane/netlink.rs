@@ -6,15 +6,17 @@
 
 use std::io;
 use std::num::NonZeroI32;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::channel::mpsc::UnboundedReceiver;
 use futures::stream::FuturesOrdered;
-use netlink_packet_core::{NetlinkBuffer, NetlinkPayload};
+use netlink_packet_core::{NLM_F_ACK, NetlinkBuffer, NetlinkPayload};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_proto::ConnectionHandle;
 use netlink_proto::sys::protocols::NETLINK_ROUTE;
 use netlink_proto::sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
+use netlink_proto::{ConnectionHandle, ReplyExpectation};
 use nix::libc::MSG_DONTWAIT;
 use nix::sys::socket::{setsockopt, sockopt};
 use rtnetlink::MulticastGroup;
@@ -95,13 +97,16 @@ struct Writer {
     handle: ConnectionHandle<RouteNetlinkMessage>,
     /// The socket's netlink port id, which the kernel puts in the notifications of our writes.
     port: u32,
+    /// Where netlink-proto puts answers it was not asked to wait for: the errors of the
+    /// messages of a batch other than its last (see [`apply_batch`]).
+    unanswered: Arc<Mutex<UnboundedReceiver<(Message, SocketAddr)>>>,
 }
 
 impl Writer {
     /// Opens the socket in the calling thread's namespace and spawns its connection task on
     /// the current tokio runtime.
     fn open() -> Result<Writer, NetlinkError> {
-        let (mut conn, handle, _unsolicited) =
+        let (mut conn, handle, unanswered) =
             netlink_proto::new_connection::<RouteNetlinkMessage>(NETLINK_ROUTE)
                 .map_err(NetlinkError::Socket)?;
         let socket = conn.socket_mut().socket_mut();
@@ -114,11 +119,35 @@ impl Writer {
             .bind_auto()
             .map_err(NetlinkError::Socket)?
             .port_number();
-        // Every write gets exactly one answer (ack or error), in order: that is how an error
-        // is matched to its operation.
         conn.set_forward_ack(true);
         tokio::spawn(conn);
-        Ok(Writer { handle, port })
+        Ok(Writer {
+            handle,
+            port,
+            unanswered: Arc::new(Mutex::new(unanswered)),
+        })
+    }
+
+    /// Takes the errors waiting for messages of these batches (sent on this socket and
+    /// answered) and puts them in the batches' outcomes.
+    fn collect_errors(&self, batches: &mut [&mut Batch]) {
+        let mut unanswered = self
+            .unanswered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while let Ok((msg, _)) = unanswered.try_recv() {
+            let NetlinkPayload::Error(e) = msg.payload else {
+                continue;
+            };
+            let Some(code) = e.code else { continue };
+            let seq = msg.header.sequence_number;
+            if let Some((batch, index)) = batches
+                .iter_mut()
+                .find_map(|b| b.index_of(seq).map(|i| (&mut **b, i)))
+            {
+                batch.outcomes[index] = outcome(batch.deletes[index], Some(code));
+            }
+        }
     }
 }
 
@@ -227,9 +256,9 @@ impl Netlink {
         // Requests are built a batch at a time, as batches go out: a large apply (100,000
         // learned routes) never holds every message at once.
         let mut chunks = ops.chunks(self.batch_size);
-        let mut writers = self.writers.iter().cycle();
+        let mut writers = (0..self.writers.len()).cycle();
         let mut in_flight = FuturesOrdered::new();
-        let mut outcomes = Vec::with_capacity(ops.len());
+        let mut batches = Vec::new();
         loop {
             while in_flight.len() < BATCHES_IN_FLIGHT {
                 let (Some(chunk), Some(writer)) = (chunks.next(), writers.next()) else {
@@ -237,60 +266,108 @@ impl Netlink {
                 };
                 let requests = chunk.iter().map(messages::op_request).collect();
                 let deletes = chunk.iter().map(is_delete).collect();
-                in_flight.push_back(apply_batch(
-                    writer.handle.clone(),
-                    requests,
-                    deletes,
-                    self.timeout,
-                ));
+                let handle = self.writers[writer].handle.clone();
+                let batch = apply_batch(handle, requests, deletes, self.timeout);
+                in_flight.push_back(async move { (writer, batch.await) });
             }
             match in_flight.next().await {
-                Some(batch) => outcomes.extend(batch),
-                None => return outcomes,
+                Some(batch) => batches.push(batch),
+                None => break,
             }
         }
+        // Every batch is answered, so the errors of its other messages are waiting already.
+        for (index, writer) in self.writers.iter().enumerate() {
+            let mut own: Vec<&mut Batch> = batches
+                .iter_mut()
+                .filter(|(w, _)| *w == index)
+                .map(|(_, b)| b)
+                .collect();
+            writer.collect_errors(&mut own);
+        }
+        batches.into_iter().flat_map(|(_, b)| b.outcomes).collect()
     }
 }
 
-/// Sends one batch in one datagram and matches the answers (one per request, in order) to the
-/// requests.
+/// A batch of writes sent in one datagram, and what came of each.
+struct Batch {
+    deletes: Vec<bool>,
+    outcomes: Vec<Result<(), NetlinkError>>,
+    /// The sequence number of its last message, once answered (netlink-proto numbers the
+    /// messages of a batch consecutively).
+    last_seq: Option<u32>,
+}
+
+impl Batch {
+    /// The position of the message numbered `seq` in this batch.
+    fn index_of(&self, seq: u32) -> Option<usize> {
+        let back = usize::try_from(self.last_seq?.wrapping_sub(seq)).ok()?;
+        self.outcomes.len().checked_sub(1)?.checked_sub(back)
+    }
+}
+
+/// What the kernel's answer `code` (none: success) to a write means.
+fn outcome(is_delete: bool, code: Option<NonZeroI32>) -> Result<(), NetlinkError> {
+    match code {
+        None => Ok(()),
+        Some(code) if is_delete && [ENOENT, ESRCH].contains(&-code.get()) => Ok(()),
+        Some(code) => Err(NetlinkError::Kernel(kernel_error(code))),
+    }
+}
+
+/// Sends one batch in one datagram. Only its last message asks for an acknowledgement: the
+/// kernel answers the others only if they fail, and handles a batch in order, so once the
+/// last is answered the batch is done, and the errors of the others (which netlink-proto
+/// passes on as unsolicited) are waiting on the socket's unanswered stream, matched by
+/// sequence number ([`Writer::collect_errors`]). Half the messages of acknowledging each
+/// write, and none of the work of tracking each.
 async fn apply_batch(
     handle: ConnectionHandle<RouteNetlinkMessage>,
     requests: Vec<Message>,
     deletes: Vec<bool>,
     timeout: Duration,
-) -> Vec<Result<(), NetlinkError>> {
+) -> Batch {
     let count = requests.len();
-    let Ok(answers) = handle.request_batch(requests, SocketAddr::new(0, 0)) else {
-        return (0..count).map(|_| Err(NetlinkError::Closed)).collect();
+    let failed = |deletes, error: &dyn Fn() -> NetlinkError| Batch {
+        outcomes: (0..count).map(|_| Err(error())).collect(),
+        deletes,
+        last_seq: None,
     };
-    let codes = answers
-        .filter_map(|msg| async move {
-            match msg.payload {
-                NetlinkPayload::Error(e) => Some(e.code),
-                _ => None,
+    let last = count.saturating_sub(1);
+    let requests = requests.into_iter().enumerate().map(|(i, mut msg)| {
+        if i == last {
+            (msg, ReplyExpectation::Expected)
+        } else {
+            msg.header.flags &= !NLM_F_ACK;
+            (msg, ReplyExpectation::NotExpected)
+        }
+    });
+    let Ok(mut answers) = handle.request_batch_with_expectation(requests, SocketAddr::new(0, 0))
+    else {
+        return failed(deletes, &|| NetlinkError::Closed);
+    };
+    let answer = async {
+        while let Some(msg) = answers.next().await {
+            if let NetlinkPayload::Error(e) = msg.payload {
+                return Some((msg.header.sequence_number, e.code));
             }
-        })
-        .collect::<Vec<_>>();
-    let codes = tokio::time::timeout(timeout, codes)
-        .await
-        .unwrap_or_default();
-    let mut outcomes: Vec<_> = deletes
-        .iter()
-        .zip(&codes)
-        .map(|(is_delete, code)| match code {
-            None => Ok(()),
-            Some(code) if *is_delete && [ENOENT, ESRCH].contains(&-code.get()) => Ok(()),
-            Some(code) => Err(NetlinkError::Kernel(kernel_error(*code))),
-        })
-        .collect();
-    outcomes.resize_with(count, || {
-        Err(NetlinkError::Timeout {
+        }
+        None
+    };
+    let Ok(Some((seq, code))) = tokio::time::timeout(timeout, answer).await else {
+        return failed(deletes, &|| NetlinkError::Timeout {
             what: "a write batch",
             timeout,
-        })
-    });
-    outcomes
+        });
+    };
+    let mut outcomes: Vec<_> = (0..count).map(|_| Ok(())).collect();
+    if let Some(slot) = outcomes.last_mut() {
+        *slot = outcome(deletes[last], code);
+    }
+    Batch {
+        deletes,
+        outcomes,
+        last_seq: Some(seq),
+    }
 }
 
 fn is_delete(op: &Op) -> bool {
