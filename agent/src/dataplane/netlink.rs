@@ -1,6 +1,6 @@
 //! The thin netlink driver: the request sockets (strict-checked dumps filtered by protocol;
-//! batched and pipelined writes, spread over two sockets, with NETLINK_CAP_ACK and a large
-//! receive buffer, a timeout around every batch), the notification socket (read as the
+//! batched and pipelined writes, spread over two sockets, acknowledged per batch, with a
+//! large receive buffer and a timeout around every batch), the notification socket (read as the
 //! programmer asks), and the per-tap sysctls (files under /proc/sys of the calling thread's
 //! network namespace).
 
@@ -251,7 +251,9 @@ impl Netlink {
     }
 
     /// Sends `ops` in pipelined batches; returns one outcome per operation, in order. A delete
-    /// of something already gone succeeds.
+    /// of something already gone succeeds. Calls must not overlap: the errors of a call's
+    /// batches are collected from a stream all calls share (the programmer makes one call at
+    /// a time).
     pub async fn apply(&self, ops: &[Op]) -> Vec<Result<(), NetlinkError>> {
         // Requests are built a batch at a time, as batches go out: a large apply (100,000
         // learned routes) never holds every message at once.
