@@ -153,6 +153,14 @@ pub fn compute(
     desired
 }
 
+/// The kernel key of the learned route for `prefix`.
+pub fn learned_key(prefix: IpNet, cfg: &DataplaneConfig) -> RouteKey {
+    RouteKey {
+        dst: prefix.trunc(),
+        metric: cfg.learned_metric,
+    }
+}
+
 /// Brings the desired state of one learned route up to date (`next_hops: None`: it is gone);
 /// returns its kernel key. A learned route never displaces an endpoint's route.
 pub fn update_learned(
@@ -163,10 +171,7 @@ pub fn update_learned(
     cfg: &DataplaneConfig,
     hop_sets: &mut HopSets,
 ) -> RouteKey {
-    let key = RouteKey {
-        dst: prefix.trunc(),
-        metric: cfg.learned_metric,
-    };
+    let key = learned_key(prefix, cfg);
     desired.learned_problems.remove(&prefix);
     if let Some((_, Owner::Endpoint(id))) = desired.routes.get(&key) {
         if next_hops.is_some() {

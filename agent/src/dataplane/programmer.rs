@@ -562,7 +562,7 @@ impl Task {
     async fn reconcile_routes(&mut self) {
         let Round { keys, ops } = match self.next_round.take() {
             Some(round) => round,
-            None => self.plan_round(),
+            None => self.plan_round(&[]),
         };
         let started = Instant::now();
         let nl = self.nl.clone();
@@ -571,8 +571,7 @@ impl Task {
             (ops, outcomes)
         });
         if !self.dirty_learned.is_empty() {
-            // Its keys are not this round's: what is in flight does not change its plan.
-            self.next_round = Some(self.plan_round());
+            self.next_round = Some(self.plan_round(&keys));
         }
         let failed = match write.await {
             Ok((ops, outcomes)) => self.settle(&ops, outcomes, started),
@@ -608,14 +607,30 @@ impl Task {
     }
 
     /// Takes the routes the kernel reported changed and up to [`LEARNED_ROUND`] changed
-    /// learned routes, brings their desired state up to date, and plans their writes.
-    fn plan_round(&mut self) -> Round {
+    /// learned routes, brings their desired state up to date, and plans their writes. Routes
+    /// among `in_flight` (sorted: the keys of the round being written) stay for a later round:
+    /// planned against a view that does not hold that write yet, they could be planned wrong
+    /// (a route changed and changed back would look unchanged).
+    fn plan_round(&mut self, in_flight: &[RouteKey]) -> Round {
+        let is_in_flight = |key: &RouteKey| in_flight.binary_search(key).is_ok();
         let links = self.view.links_by_name();
         let mut keys: HashSet<RouteKey> = std::mem::take(&mut self.dirty_routes);
+        keys.retain(|key| {
+            let later = is_in_flight(key);
+            if later {
+                self.dirty_routes.insert(*key);
+            }
+            !later
+        });
+        let mut later = Vec::new();
         // In address order: the kernel inserts neighbouring prefixes into its tree much faster
         // than scattered ones (the path down the tree stays in cache).
         let round = std::iter::from_fn(|| self.dirty_learned.pop_first()).take(LEARNED_ROUND);
         for prefix in round.collect::<Vec<_>>() {
+            if is_in_flight(&desired::learned_key(prefix, &self.cfg)) {
+                later.push(prefix);
+                continue;
+            }
             let route = self.learned.get(&prefix).map(|hops| &hops[..]);
             let key = desired::update_learned(
                 &mut self.desired,
@@ -635,6 +650,7 @@ impl Task {
             keys.insert(key);
         }
         drop(links);
+        self.dirty_learned.extend(later);
         let mut keys: Vec<RouteKey> = keys.into_iter().collect();
         keys.sort_unstable();
         let ops = reconcile::plan_routes(
