@@ -669,3 +669,45 @@ fn each_failed_write_of_a_batch_is_reported_on_its_own_operation() {
     .collect();
     assert_eq!(present, want);
 }
+
+/// The kernel drops an IPv4 gateway route without a notification when its uplink goes down;
+/// once the uplink is back, the learned route is written again (not only at the next
+/// periodic resync, 90 s away here).
+#[test]
+fn learned_routes_come_back_after_their_uplink_flaps() {
+    let mut tb = Testbed::new("dp_uplink").unwrap();
+    let hv = tb.add_hypervisor("hv1", 65001).unwrap();
+    let tor = tb.add_tor("tor1", TorDaemon::Bird, 65100).unwrap();
+    let up = tb.link(hv, tor).unwrap();
+    let ns = tb.hv(hv).unwrap().ns();
+    let p = InNamespace::start(ns, DataplaneConfig::default());
+    let prefix: IpNet = "203.0.113.0/25".parse().unwrap();
+    block_on(
+        p.handle.set_learned_route(LearnedRoute {
+            prefix,
+            next_hops: [LearnedNextHop {
+                gateway: up.tor_v4.into(),
+                interface: None,
+            }]
+            .into(),
+        }),
+    )
+    .unwrap();
+    p.complete();
+    let installed = || {
+        let routes = ns.kernel_routes(false).unwrap();
+        if routes.iter().any(|r| r.dst == prefix && r.protocol == "84") {
+            Ok(())
+        } else {
+            Err(format!("{routes:?}"))
+        }
+    };
+    wait_until("the learned route", CONVERGE, installed).unwrap();
+    ns.ip(&["link", "set", &up.hv_if, "down"]).unwrap();
+    wait_until("the route gone with its uplink", CONVERGE, || {
+        installed().map_or(Ok(()), |()| Err("still there".into()))
+    })
+    .unwrap();
+    ns.ip(&["link", "set", &up.hv_if, "up"]).unwrap();
+    wait_until("the learned route back", CONVERGE, installed).unwrap();
+}

@@ -395,6 +395,7 @@ impl Task {
                         .routes
                         .retain(|_, r| !r.ifindexes().any(|i| i == link.ifindex));
                     self.view.neighs.retain(|k, _| k.ifindex != link.ifindex);
+                    self.resync_due |= self.carries_learned_routes(&link.name);
                 }
                 if self.view.links.get(&link.ifindex) != Some(&link) {
                     self.view.links.insert(link.ifindex, link);
@@ -403,6 +404,9 @@ impl Task {
             }
             RouteNetlinkMessage::DelLink(link) => {
                 let ifindex = link.header.index;
+                if let Some(gone) = self.view.links.get(&ifindex) {
+                    self.resync_due |= self.carries_learned_routes(&gone.name);
+                }
                 self.view.forget_link(ifindex);
                 self.sysctls_done.remove(&ifindex);
                 self.dirty = true;
@@ -446,6 +450,14 @@ impl Task {
             }
             _ => {}
         }
+    }
+
+    /// Whether learned routes may go through the link `name` without the view knowing: the
+    /// view holds our writes, and a learned gateway's interface is the kernel's choice, so
+    /// when an uplink (any link not an endpoint's tap) comes back or goes, only a re-read
+    /// tells which of our routes the kernel dropped with it.
+    fn carries_learned_routes(&self, name: &str) -> bool {
+        !self.learned.is_empty() && !self.endpoints.values().any(|e| e.interface == name)
     }
 
     fn neigh_matters(&self, key: &super::kernel::NeighKey, neigh: &super::kernel::Neigh) -> bool {
