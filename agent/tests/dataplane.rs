@@ -627,16 +627,28 @@ fn each_failed_write_of_a_batch_is_reported_on_its_own_operation() {
             ifindex: None,
         }])),
     };
-    let ops = vec![
-        Op::ReplaceRoute(key("203.0.113.1/32"), on_lo.clone()),
-        Op::ReplaceRoute(key("203.0.113.2/32"), on_lo.clone()),
-        Op::ReplaceRoute(key("203.0.113.3/32"), unreachable.clone()),
-        Op::ReplaceRoute(key("203.0.113.4/32"), on_lo.clone()),
-        // Second batch: a delete of nothing, then a failure as the batch's last message.
-        Op::DeleteRoute(key("203.0.113.5/32"), on_lo.clone()),
-        Op::ReplaceRoute(key("203.0.113.6/32"), on_lo),
-        Op::ReplaceRoute(key("203.0.113.7/32"), unreachable),
+    // Batches of 4 over the two request sockets: batches 1 and 3 on one, 2 on the other.
+    // `true`: the write should succeed.
+    let plan: [(&str, Option<&Route>, bool); 11] = [
+        ("203.0.113.1/32", Some(&on_lo), true),
+        ("203.0.113.2/32", Some(&unreachable), false), // inside batch 1
+        ("203.0.113.3/32", Some(&on_lo), true),
+        ("203.0.113.4/32", Some(&on_lo), true),
+        ("203.0.113.5/32", None, true), // a delete of nothing
+        ("203.0.113.6/32", Some(&on_lo), true),
+        ("203.0.113.7/32", Some(&on_lo), true),
+        ("203.0.113.8/32", Some(&unreachable), false), // batch 2's last
+        ("203.0.113.9/32", Some(&on_lo), true),
+        ("203.0.113.10/32", Some(&unreachable), false), // inside batch 3, same socket as 1
+        ("203.0.113.11/32", Some(&on_lo), true),
     ];
+    let ops: Vec<Op> = plan
+        .iter()
+        .map(|(dst, route, _)| match route {
+            Some(route) => Op::ReplaceRoute(key(dst), (*route).clone()),
+            None => Op::DeleteRoute(key(dst), on_lo.clone()),
+        })
+        .collect();
     let outcomes = ns
         .enter(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -650,7 +662,8 @@ fn each_failed_write_of_a_batch_is_reported_on_its_own_operation() {
             })
         })
         .unwrap();
-    assert_eq!(outcomes, [true, true, false, true, true, true, false]);
+    let expected: Vec<bool> = plan.iter().map(|(_, _, ok)| *ok).collect();
+    assert_eq!(outcomes, expected);
     let present: Vec<IpNet> = ns
         .kernel_routes(false)
         .unwrap()
@@ -658,15 +671,14 @@ fn each_failed_write_of_a_batch_is_reported_on_its_own_operation() {
         .filter(|r| r.protocol == "84")
         .map(|r| r.dst)
         .collect();
-    let want: Vec<IpNet> = [
-        "203.0.113.1/32",
-        "203.0.113.2/32",
-        "203.0.113.4/32",
-        "203.0.113.6/32",
-    ]
-    .iter()
-    .map(|d| d.parse().unwrap())
-    .collect();
+    let mut want: Vec<IpNet> = plan
+        .iter()
+        .filter(|(_, route, ok)| *ok && route.is_some())
+        .map(|(dst, _, _)| dst.parse().unwrap())
+        .collect();
+    want.sort();
+    let mut present = present;
+    present.sort();
     assert_eq!(present, want);
 }
 

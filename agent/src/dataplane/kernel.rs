@@ -35,7 +35,8 @@ pub struct RouteKey {
 pub struct Hop {
     /// The gateway.
     pub gateway: IpAddr,
-    /// Its interface; `None` in a desired hop means "whichever the kernel resolves".
+    /// Its interface; `None` means "whichever the kernel resolves" (in a desired hop, and in
+    /// the view for a route we wrote, until a resync reads the kernel's choice back).
     pub ifindex: Option<u32>,
 }
 

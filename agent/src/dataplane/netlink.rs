@@ -69,6 +69,9 @@ pub enum NetlinkError {
     /// The kernel refused one write.
     #[error("{0}")]
     Kernel(io::Error),
+    /// The socket overflowed while writes were answered: whether they were done is unknown.
+    #[error("answers lost (netlink socket overrun)")]
+    AnswersLost,
     /// A sysctl could not be written.
     #[error("sysctl {path}: {source}")]
     Sysctl {
@@ -136,8 +139,19 @@ impl Writer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         while let Ok((msg, _)) = unanswered.try_recv() {
-            let NetlinkPayload::Error(e) = msg.payload else {
-                continue;
+            let e = match msg.payload {
+                NetlinkPayload::Error(e) => e,
+                // The socket's buffer overflowed: some errors never came. Nothing written
+                // since the last collect can be taken as done.
+                NetlinkPayload::Overrun(_) => {
+                    for batch in batches.iter_mut() {
+                        for outcome in batch.outcomes.iter_mut().filter(|o| o.is_ok()) {
+                            *outcome = Err(NetlinkError::AnswersLost);
+                        }
+                    }
+                    continue;
+                }
+                _ => continue,
             };
             let Some(code) = e.code else { continue };
             let seq = msg.header.sequence_number;
@@ -377,8 +391,9 @@ fn is_delete(op: &Op) -> bool {
 }
 
 /// Gives `socket` a [`RECEIVE_BUFFER`]: forced past `net.core.rmem_max` when we may
-/// (CAP_NET_ADMIN, as skogd has), else as much as that allows. Echoes of one round of writes
-/// must fit, or they are lost and a full resync follows.
+/// (CAP_NET_ADMIN, as skogd has), else as much as that allows. The notifications of a burst
+/// (other programs' changes, link events) and the answers to a round of writes must fit, or
+/// they are lost and a full resync follows.
 fn set_receive_buffer(socket: &mut netlink_sys::Socket) -> Result<(), NetlinkError> {
     if setsockopt(&*socket, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_ok() {
         return Ok(());
@@ -388,24 +403,34 @@ fn set_receive_buffer(socket: &mut netlink_sys::Socket) -> Result<(), NetlinkErr
         .map_err(NetlinkError::Socket)
 }
 
+/// One classic BPF instruction (`struct sock_filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Insn {
+    code: u16,
+    jt: u8,
+    jf: u8,
+    k: u32,
+}
+
 /// A classic BPF program that drops the netlink messages whose sender port id (`nlmsg_pid`,
 /// the notifications of a request socket's writes) is one of `ports`, and keeps the rest.
-fn echo_filter(ports: &[u32]) -> Vec<SockFilter> {
+fn echo_filter(ports: &[u32]) -> Vec<Insn> {
     const LOAD_WORD: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
     const JUMP_IF_EQUAL: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
     const RETURN: u16 = 0x06; // BPF_RET | BPF_K
     const NLMSG_PID: u32 = 12; // offsetof(struct nlmsghdr, nlmsg_pid)
-    let mut program = vec![SockFilter::new(LOAD_WORD, 0, 0, NLMSG_PID)];
+    let insn = |code, jt, k| Insn { code, jt, jf: 0, k };
+    let mut program = vec![insn(LOAD_WORD, 0, NLMSG_PID)];
     let count = ports.len();
     for (i, port) in ports.iter().enumerate() {
         // Loads read big-endian; the header is in host order. Jump past the jumps left and
         // the "keep" to the "drop".
         let value = u32::from_be_bytes(port.to_ne_bytes());
         let to_drop = u8::try_from(count - i).unwrap_or(u8::MAX);
-        program.push(SockFilter::new(JUMP_IF_EQUAL, to_drop, 0, value));
+        program.push(insn(JUMP_IF_EQUAL, to_drop, value));
     }
-    program.push(SockFilter::new(RETURN, 0, 0, u32::MAX)); // keep the whole message
-    program.push(SockFilter::new(RETURN, 0, 0, 0)); // drop it
+    program.push(insn(RETURN, 0, u32::MAX)); // keep the whole message
+    program.push(insn(RETURN, 0, 0)); // drop it
     program
 }
 
@@ -419,10 +444,10 @@ pub enum Event {
 }
 
 /// Kernel notifications (links, IPv4/IPv6 routes, neighbours), read and decoded a datagram at
-/// a time as the programmer asks for them. A backlog (the echoes of a 100,000-route write)
-/// waits in the kernel's socket buffer, not decoded in ours. The echoes of our own writes
-/// (their header carries the port id of the socket that asked) are skipped undecoded: the
-/// write's acknowledgement already put its outcome in the programmer's view.
+/// a time as the programmer asks for them: a backlog waits in the kernel's socket buffer, not
+/// decoded in ours. The notifications of our own writes (their header carries the port id of
+/// the socket that asked) are dropped: each write's outcome, from its batch's answers, has
+/// already gone into the programmer's view.
 pub struct Events {
     socket: TokioSocket,
     /// Port ids of our request sockets, whose notifications are skipped.
@@ -470,7 +495,10 @@ impl Events {
     /// arrives (no filter) is skipped undecoded.
     pub fn skip_echoes_of(&mut self, ports: impl IntoIterator<Item = u32>) {
         self.own_ports = ports.into_iter().collect();
-        let filter = echo_filter(&self.own_ports);
+        let filter: Vec<SockFilter> = echo_filter(&self.own_ports)
+            .iter()
+            .map(|i| SockFilter::new(i.code, i.jt, i.jf, i.k))
+            .collect();
         if let Err(e) = SockRef::from(self.socket.socket_ref()).attach_filter(&filter) {
             tracing::warn!("no socket filter for our own notifications ({e}); skipping them here");
         }
@@ -591,6 +619,55 @@ pub fn write_sysctls(tap: &Tap, route_localnet: bool) -> Result<(), NetlinkError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_finds_its_messages_by_sequence_number_across_wrap_around() {
+        let batch = |count: usize, last_seq: Option<u32>| Batch {
+            deletes: vec![false; count],
+            outcomes: (0..count).map(|_| Ok(())).collect(),
+            last_seq,
+        };
+        let b = batch(4, Some(103));
+        assert_eq!(
+            [99, 100, 101, 102, 103, 104].map(|seq| b.index_of(seq)),
+            [None, Some(0), Some(1), Some(2), Some(3), None]
+        );
+        // netlink-proto's numbers wrap around.
+        let b = batch(3, Some(1));
+        assert_eq!(
+            [u32::MAX - 1, u32::MAX, 0, 1, 2].map(|seq| b.index_of(seq)),
+            [None, Some(0), Some(1), Some(2), None]
+        );
+        // Not answered (timed out): nothing is matched to it.
+        assert_eq!(batch(3, None).index_of(5), None);
+    }
+
+    #[test]
+    fn the_echo_filter_drops_our_ports_and_keeps_the_rest() {
+        // A small interpreter for the three instructions the filter uses.
+        fn run(program: &[Insn], pid: u32) -> u32 {
+            let mut pc = 0;
+            let mut acc = 0u32;
+            loop {
+                let i = program[pc];
+                match i.code {
+                    0x20 => {
+                        assert_eq!(i.k, 12);
+                        acc = u32::from_be_bytes(pid.to_ne_bytes());
+                        pc += 1;
+                    }
+                    0x15 => pc += 1 + usize::from(if acc == i.k { i.jt } else { i.jf }),
+                    0x06 => return i.k,
+                    other => panic!("unexpected instruction {other:#x}"),
+                }
+            }
+        }
+        let program = echo_filter(&[4242, 77]);
+        assert_eq!(run(&program, 4242), 0);
+        assert_eq!(run(&program, 77), 0);
+        assert_eq!(run(&program, 0), u32::MAX);
+        assert_eq!(run(&program, 4243), u32::MAX);
+    }
 
     #[test]
     fn sysctls_cover_proxy_arp_ndp_forwarding_and_optionally_route_localnet() {

@@ -557,7 +557,7 @@ impl Task {
             match outcome {
                 Ok(()) => reconcile::record(&mut self.view, op),
                 Err(e) => {
-                    if matches!(e, NetlinkError::Timeout { .. }) {
+                    if matches!(e, NetlinkError::Timeout { .. } | NetlinkError::AnswersLost) {
                         self.resync_due = true;
                     }
                     failed.push((op.clone(), format!("{}: {e}", describe(op))));

@@ -175,8 +175,9 @@ pub fn announceable(desired: &Desired, actual: &KernelView) -> BTreeSet<IpNet> {
         .collect()
 }
 
-/// Records a successful operation in the view, so the next plan does not repeat it (the
-/// kernel's own notifications confirm it later).
+/// Records a successful operation in the view, so the next plan does not repeat it. This is
+/// all the view learns of our own writes: their notifications are filtered out. A gateway's
+/// interface thus stays unknown (`None`) until a resync reads it back.
 pub fn record(actual: &mut KernelView, op: &Op) {
     match op {
         Op::ReplaceRoute(k, r) => {
