@@ -34,6 +34,21 @@ fn no_route(ns: &Netns, dst: &str, dev: &str) -> Result<(), String> {
     has_route(ns, dst, dev).map_or(Ok(()), |()| Err(format!("{dst} still on {dev}")))
 }
 
+/// A learned route to `prefix` through `gateways` (ECMP when several), interface left to
+/// the kernel, as skog-bgp's routes are.
+fn learned_via(prefix: IpNet, gateways: impl IntoIterator<Item = IpAddr>) -> LearnedRoute {
+    LearnedRoute {
+        prefix,
+        next_hops: gateways
+            .into_iter()
+            .map(|gateway| LearnedNextHop {
+                gateway,
+                interface: None,
+            })
+            .collect(),
+    }
+}
+
 #[test]
 fn vms_ping_their_gateway_and_each_other_through_programmed_taps() {
     let mut tb = Testbed::new("dp_ping").unwrap();
@@ -368,18 +383,10 @@ fn ecmp_learned_routes_are_installed_and_replaced_when_next_hops_change() {
     let u2 = tb.link(hv, t2).unwrap();
     let ns = tb.hv(hv).unwrap().ns();
     let p = InNamespace::start(ns, DataplaneConfig::default());
-    let nh = |gw: IpAddr| LearnedNextHop {
-        gateway: gw,
-        interface: None,
-    };
     let v4: IpNet = "203.0.113.0/25".parse().unwrap();
     let v6: IpNet = "2001:db8:200::/48".parse().unwrap();
     let set = |prefix: IpNet, hops: Vec<IpAddr>| {
-        block_on(p.handle.set_learned_route(LearnedRoute {
-            prefix,
-            next_hops: hops.into_iter().map(nh).collect(),
-        }))
-        .unwrap();
+        block_on(p.handle.set_learned_route(learned_via(prefix, hops))).unwrap();
     };
     set(v4, vec![u1.tor_v4.into(), u2.tor_v4.into()]);
     set(v6, vec![u1.tor_v6.into(), u2.tor_v6.into()]);
@@ -544,14 +551,9 @@ fn learned_routes_of_a_previous_run_stay_until_bgp_has_converged() {
     };
     let first = InNamespace::start(ns, DataplaneConfig::default());
     block_on(
-        first.handle.set_learned_route(LearnedRoute {
-            prefix,
-            next_hops: [LearnedNextHop {
-                gateway: up.tor_v4.into(),
-                interface: None,
-            }]
-            .into(),
-        }),
+        first
+            .handle
+            .set_learned_route(learned_via(prefix, [up.tor_v4.into()])),
     )
     .unwrap();
     first.complete();
@@ -574,14 +576,9 @@ fn learned_routes_of_a_previous_run_stay_until_bgp_has_converged() {
             .any(|r| r.dst == fresh)
     };
     block_on(
-        second.handle.set_learned_route(LearnedRoute {
-            prefix: fresh,
-            next_hops: [LearnedNextHop {
-                gateway: up.tor_v4.into(),
-                interface: None,
-            }]
-            .into(),
-        }),
+        second
+            .handle
+            .set_learned_route(learned_via(fresh, [up.tor_v4.into()])),
     )
     .unwrap();
     second.snapshot();
@@ -695,14 +692,8 @@ fn learned_routes_come_back_after_their_uplink_flaps() {
     let p = InNamespace::start(ns, DataplaneConfig::default());
     let prefix: IpNet = "203.0.113.0/25".parse().unwrap();
     block_on(
-        p.handle.set_learned_route(LearnedRoute {
-            prefix,
-            next_hops: [LearnedNextHop {
-                gateway: up.tor_v4.into(),
-                interface: None,
-            }]
-            .into(),
-        }),
+        p.handle
+            .set_learned_route(learned_via(prefix, [up.tor_v4.into()])),
     )
     .unwrap();
     p.complete();
