@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use skog_agent::dataplane::{DataplaneConfig, LearnedNextHop, LearnedRoute, RouteEvent, TapState};
-use skog_testbed::{KernelRoute, Netns, Testbed, TorDaemon, VmSpec, wait_until};
+use skog_testbed::{KernelNextHop, KernelRoute, Netns, Testbed, TorDaemon, VmSpec, wait_until};
 use support::{InNamespace, add_gateway_addresses, block_on, endpoint_of};
 
 const CONVERGE: Duration = Duration::from_secs(10);
@@ -382,16 +382,19 @@ fn ecmp_learned_routes_are_installed_and_replaced_when_next_hops_change() {
     let u1 = tb.link(hv, t1).unwrap();
     let u2 = tb.link(hv, t2).unwrap();
     let ns = tb.hv(hv).unwrap().ns();
-    let p = InNamespace::start(ns, DataplaneConfig::default());
     let v4: IpNet = "203.0.113.0/25".parse().unwrap();
     let v6: IpNet = "2001:db8:200::/48".parse().unwrap();
-    let set = |prefix: IpNet, hops: Vec<IpAddr>| {
+    let set = |p: &InNamespace, prefix: IpNet, hops: Vec<IpAddr>| {
         block_on(p.handle.set_learned_route(learned_via(prefix, hops))).unwrap();
     };
-    set(v4, vec![u1.tor_v4.into(), u2.tor_v4.into()]);
-    set(v6, vec![u1.tor_v6.into(), u2.tor_v6.into()]);
-    p.complete();
-    let gateways = |v6: bool, dst: IpNet| -> Result<Vec<IpAddr>, String> {
+    let both = |p: &InNamespace| {
+        set(p, v4, vec![u1.tor_v4.into(), u2.tor_v4.into()]);
+        set(p, v6, vec![u1.tor_v6.into(), u2.tor_v6.into()]);
+        p.complete();
+    };
+    let first = InNamespace::start(ns, DataplaneConfig::default());
+    both(&first);
+    let route = |v6: bool, dst: IpNet| -> Result<KernelRoute, String> {
         let routes = ns.kernel_routes(v6).unwrap();
         let r = routes
             .iter()
@@ -400,61 +403,84 @@ fn ecmp_learned_routes_are_installed_and_replaced_when_next_hops_change() {
         if r.protocol != "84" {
             return Err(format!("{r:?}"));
         }
-        let mut g = r.gateways.clone();
-        g.sort();
-        Ok(g)
+        Ok(r.clone())
     };
-    let mut both4: Vec<IpAddr> = vec![u1.tor_v4.into(), u2.tor_v4.into()];
-    both4.sort();
-    let mut both6: Vec<IpAddr> = vec![u1.tor_v6.into(), u2.tor_v6.into()];
-    both6.sort();
-    wait_until("v4 ECMP", CONVERGE, || {
-        gateways(false, v4).and_then(|g| {
-            if g == both4 {
-                Ok(())
-            } else {
-                Err(format!("{g:?}"))
-            }
+    let gateways = |v6: bool, dst: IpNet| {
+        route(v6, dst).map(|r| {
+            let mut g = r.gateways;
+            g.sort();
+            g
         })
-    })
-    .unwrap();
-    wait_until("v6 ECMP", CONVERGE, || {
-        gateways(true, v6).and_then(|g| {
-            if g == both6 {
-                Ok(())
-            } else {
-                Err(format!("{g:?}"))
-            }
+    };
+    let until_gateways = |what: &str, v6: bool, dst: IpNet, mut want: Vec<IpAddr>| {
+        want.sort();
+        wait_until(what, CONVERGE, || {
+            gateways(v6, dst).and_then(|g| (g == want).then_some(()).ok_or(format!("{g:?}")))
         })
-    })
-    .unwrap();
-    set(v4, vec![u2.tor_v4.into()]);
-    set(v6, vec![u1.tor_v6.into()]);
-    wait_until("v4 one hop", CONVERGE, || {
-        gateways(false, v4).and_then(|g| {
-            if g == vec![IpAddr::from(u2.tor_v4)] {
-                Ok(())
-            } else {
-                Err(format!("{g:?}"))
-            }
-        })
-    })
-    .unwrap();
-    wait_until("v6 one hop", CONVERGE, || {
-        gateways(true, v6).and_then(|g| {
-            if g == vec![IpAddr::from(u1.tor_v6)] {
-                Ok(())
-            } else {
-                Err(format!("{g:?}"))
-            }
-        })
-    })
-    .unwrap();
+        .unwrap();
+    };
+    let our_nexthops = || -> Vec<KernelNextHop> {
+        let mut ours: Vec<_> = ns
+            .kernel_nexthops()
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.protocol == "84")
+            .collect();
+        ours.sort_by_key(|n| n.id);
+        ours
+    };
+    until_gateways(
+        "v4 ECMP",
+        false,
+        v4,
+        vec![u1.tor_v4.into(), u2.tor_v4.into()],
+    );
+    until_gateways(
+        "v6 ECMP",
+        true,
+        v6,
+        vec![u1.tor_v6.into(), u2.tor_v6.into()],
+    );
+    // Each points at a group of ours: four gateway objects and two groups.
+    let objects = our_nexthops();
+    for (v6, dst) in [(false, v4), (true, v6)] {
+        let id = route(v6, dst)
+            .unwrap()
+            .nexthop_id
+            .expect("a nexthop object");
+        let group = objects.iter().find(|n| n.id == id).unwrap();
+        assert_eq!(group.group.len(), 2, "{objects:?}");
+    }
+    assert_eq!(objects.len(), 6, "{objects:?}");
+
+    // A restarted programmer adopts routes and objects without a write.
+    first.stop();
+    let p = InNamespace::start(ns, DataplaneConfig::default());
+    both(&p);
+    let snap = p.snapshot();
+    assert_eq!(snap.kernel_writes, 0, "{snap:?}");
+    assert_eq!(our_nexthops(), objects);
+
+    set(&p, v4, vec![u2.tor_v4.into()]);
+    set(&p, v6, vec![u1.tor_v6.into()]);
+    until_gateways("v4 one hop", false, v4, vec![u2.tor_v4.into()]);
+    until_gateways("v6 one hop", true, v6, vec![u1.tor_v6.into()]);
+    // A full reconcile deletes the objects no route uses any more.
+    p.resync();
+    let left: Vec<Option<IpAddr>> = our_nexthops().iter().map(|n| n.gateway).collect();
+    assert_eq!(
+        left,
+        [Some(u2.tor_v4.into()), Some(u1.tor_v6.into())],
+        "{:?}",
+        our_nexthops()
+    );
     block_on(p.handle.remove_learned_route(v4)).unwrap();
     wait_until("v4 removed", CONVERGE, || {
         gateways(false, v4).map_or(Ok(()), |g| Err(format!("{g:?}")))
     })
     .unwrap();
+    p.resync();
+    assert_eq!(our_nexthops().len(), 1);
     assert_eq!(p.snapshot().learned_routes, 1);
 }
 
@@ -603,6 +629,7 @@ fn each_failed_write_of_a_batch_is_reported_on_its_own_operation() {
 
     use skog_agent::dataplane::kernel::{Hop, Route, RouteKey, RouteTarget};
     use skog_agent::dataplane::netlink::Netlink;
+    use skog_agent::dataplane::nexthop::NextHopIds;
     use skog_agent::dataplane::reconcile::Op;
 
     let mut tb = Testbed::new("dp_errors").unwrap();
@@ -624,7 +651,7 @@ fn each_failed_write_of_a_batch_is_reported_on_its_own_operation() {
             ifindex: None,
         }])),
     };
-    // Batches of 4 over the two request sockets: batches 1 and 3 on one, 2 on the other.
+    // Batches of 4, in flight together.
     // `true`: the write should succeed.
     let plan: [(&str, Option<&Route>, bool); 11] = [
         ("203.0.113.1/32", Some(&on_lo), true),
@@ -636,7 +663,7 @@ fn each_failed_write_of_a_batch_is_reported_on_its_own_operation() {
         ("203.0.113.7/32", Some(&on_lo), true),
         ("203.0.113.8/32", Some(&unreachable), false), // batch 2's last
         ("203.0.113.9/32", Some(&on_lo), true),
-        ("203.0.113.10/32", Some(&unreachable), false), // inside batch 3, same socket as 1
+        ("203.0.113.10/32", Some(&unreachable), false), // inside batch 3
         ("203.0.113.11/32", Some(&on_lo), true),
     ];
     let ops: Vec<Op> = plan
@@ -654,7 +681,7 @@ fn each_failed_write_of_a_batch_is_reported_on_its_own_operation() {
                 .unwrap();
             rt.block_on(async {
                 let nl = Netlink::open(4, Duration::from_secs(5)).unwrap();
-                let outcomes = nl.apply(&ops).await;
+                let outcomes = nl.apply(&ops, &NextHopIds::default()).await;
                 outcomes.iter().map(Result::is_ok).collect::<Vec<_>>()
             })
         })
@@ -681,9 +708,9 @@ fn each_failed_write_of_a_batch_is_reported_on_its_own_operation() {
 
 /// The kernel drops an IPv4 gateway route without a notification when its uplink goes down;
 /// once the uplink is back, the learned route is written again (not only at the next
-/// periodic resync, 90 s away here).
+/// periodic resync, 90 s away here). The same when someone deletes its nexthop object.
 #[test]
-fn learned_routes_come_back_after_their_uplink_flaps() {
+fn learned_routes_come_back_after_their_uplink_flaps_or_their_nexthop_object_goes() {
     let mut tb = Testbed::new("dp_uplink").unwrap();
     let hv = tb.add_hypervisor("hv1", 65001).unwrap();
     let tor = tb.add_tor("tor1", TorDaemon::Bird, 65100).unwrap();
@@ -713,4 +740,24 @@ fn learned_routes_come_back_after_their_uplink_flaps() {
     .unwrap();
     ns.ip(&["link", "set", &up.hv_if, "up"]).unwrap();
     wait_until("the learned route back", CONVERGE, installed).unwrap();
+    // Deleting its nexthop object by hand takes the route with it: both come back at once.
+    let id = ns
+        .kernel_routes(false)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.dst == prefix)
+        .and_then(|r| r.nexthop_id)
+        .expect("a route through a nexthop object");
+    let resyncs = p.snapshot().resyncs;
+    ns.ip(&["nexthop", "del", "id", &id.to_string()]).unwrap();
+    wait_until("the learned route and its object back", CONVERGE, || {
+        installed()?;
+        let objects = ns.kernel_nexthops().unwrap();
+        match objects.iter().find(|n| n.protocol == "84") {
+            Some(n) if n.gateway == Some(up.tor_v4.into()) => Ok(()),
+            _ => Err(format!("{objects:?}")),
+        }
+    })
+    .unwrap();
+    assert_eq!(p.snapshot().resyncs, resyncs + 1);
 }

@@ -31,7 +31,7 @@ pub use exec::{run_checked, run_with_timeout};
 pub use netns::{Netns, clean_leftovers, require_root};
 pub use probe::{EchoServer, ProbeOutcome, Protocol};
 pub use process::Process;
-pub use routes::KernelRoute;
+pub use routes::{KernelNextHop, KernelRoute};
 pub use rtnl::{RouteWatch, RouteWriter};
 pub use topology::{HvId, Hypervisor, Testbed, Tor, TorId, Uplink, Vm, VmId, VmSpec};
 pub use tor::{TorDaemon, TorNeighbor, TorOptions};

@@ -1,4 +1,5 @@
-//! Reading the kernel's routing table of a namespace (`ip -j route`).
+//! Reading the kernel's routing table and nexthop objects of a namespace (`ip -j route`,
+//! `ip -j nexthop`).
 
 use std::net::IpAddr;
 
@@ -18,6 +19,21 @@ pub struct KernelRoute {
     pub devices: Vec<String>,
     /// The route's protocol as `ip` names it (`bird`, `bgp`, `static`, a number, ...).
     pub protocol: String,
+    /// The nexthop object it points at, if any.
+    pub nexthop_id: Option<u32>,
+}
+
+/// A nexthop object as the kernel holds it (`ip -j nexthop`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelNextHop {
+    /// Its id.
+    pub id: u32,
+    /// Its gateway (none for a group).
+    pub gateway: Option<IpAddr>,
+    /// Its members' ids (empty unless a group).
+    pub group: Vec<u32>,
+    /// Its protocol as `ip` names it.
+    pub protocol: String,
 }
 
 impl Netns {
@@ -26,6 +42,48 @@ impl Netns {
         let family = if v6 { "-6" } else { "-4" };
         parse_kernel_routes(&self.ip(&["-j", family, "route", "show"])?, v6)
     }
+
+    /// The namespace's nexthop objects.
+    pub fn kernel_nexthops(&self) -> Result<Vec<KernelNextHop>> {
+        parse_kernel_nexthops(&self.ip(&["-j", "nexthop", "show"])?)
+    }
+}
+
+fn parse_kernel_nexthops(json: &str) -> Result<Vec<KernelNextHop>> {
+    let parse_err = |reason: String| Error::Parse {
+        tool: "ip -j nexthop".into(),
+        reason,
+    };
+    // `ip` prints nothing at all when there are none.
+    if json.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let entries: Vec<serde_json::Value> =
+        serde_json::from_str(json.trim()).map_err(|e| parse_err(e.to_string()))?;
+    let id_of = |v: &serde_json::Value| {
+        v.get("id")
+            .and_then(|x| x.as_u64())
+            .and_then(|x| u32::try_from(x).ok())
+    };
+    entries
+        .iter()
+        .map(|entry| {
+            Ok(KernelNextHop {
+                id: id_of(entry).ok_or_else(|| parse_err(format!("no id in {entry}")))?,
+                gateway: entry.get("gateway").and_then(|g| g.as_str()?.parse().ok()),
+                group: entry
+                    .get("group")
+                    .and_then(|g| g.as_array())
+                    .map(|members| members.iter().filter_map(id_of).collect())
+                    .unwrap_or_default(),
+                protocol: entry
+                    .get("protocol")
+                    .and_then(|p| p.as_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+            })
+        })
+        .collect()
 }
 
 fn parse_kernel_routes(json: &str, v6: bool) -> Result<Vec<KernelRoute>> {
@@ -61,6 +119,10 @@ fn parse_kernel_routes(json: &str, v6: bool) -> Result<Vec<KernelRoute>> {
                 .collect(),
             devices: hops.iter().filter_map(|h| text(h, "dev")).collect(),
             protocol: text(entry, "protocol").unwrap_or_else(|| "boot".into()),
+            nexthop_id: entry
+                .get("nhid")
+                .and_then(|n| n.as_u64())
+                .and_then(|n| u32::try_from(n).ok()),
         });
     }
     Ok(routes)
@@ -84,5 +146,24 @@ mod tests {
         assert_eq!(routes[1].gateways.len(), 2);
         assert_eq!(routes[2].devices, vec!["up0".to_owned()]);
         assert!(routes[2].gateways.is_empty());
+        assert_eq!(routes[0].nexthop_id, None);
+    }
+
+    #[test]
+    fn nexthop_objects_and_routes_pointing_at_them_are_parsed() {
+        let json = r#"[{"id":84000001,"gateway":"2001:db8:ffff::1","dev":"d0","scope":"link","protocol":"84","flags":[]},
+            {"id":84000003,"group":[{"id":84000001},{"id":84000002}],"protocol":"84","flags":[]}]"#;
+        let objects = parse_kernel_nexthops(json).unwrap();
+        assert_eq!(
+            objects[0].gateway,
+            Some("2001:db8:ffff::1".parse().unwrap())
+        );
+        assert_eq!(objects[1].group, [84000001, 84000002]);
+        assert_eq!(objects[1].protocol, "84");
+        assert!(parse_kernel_nexthops("\n").unwrap().is_empty());
+        let json = r#"[{"dst":"2001:db8:200::/64","nhid":84000003,"metric":1024,"flags":[],"nexthops":[
+            {"gateway":"2001:db8:ffff::1","dev":"d0","weight":1,"flags":[]}]}]"#;
+        let routes = parse_kernel_routes(json, true).unwrap();
+        assert_eq!(routes[0].nexthop_id, Some(84000003));
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
+use super::nexthop::{NextHop, NextHops};
 use super::types::MacAddr;
 use super::{HashMap, HashSet};
 
@@ -164,9 +165,12 @@ impl Neigh {
     }
 }
 
-/// The programmer's view of the kernel: every link, our routes, the neighbour entries.
+/// The programmer's view of the kernel: every link, our routes and nexthop objects, the
+/// neighbour entries.
 #[derive(Debug, Default, Clone)]
 pub struct KernelView {
+    /// Our nexthop objects; `None` when the kernel has no nexthop objects (before 5.3).
+    pub nexthops: Option<NextHops>,
     /// Links by index.
     pub links: HashMap<u32, Link>,
     /// Routes with one of our protocols.
@@ -183,6 +187,18 @@ impl KernelView {
         self.routes
             .retain(|_, r| !r.ifindexes().any(|i| i == ifindex));
         self.neighs.retain(|k, _| k.ifindex != ifindex);
+        if let Some(objects) = &mut self.nexthops {
+            objects
+                .retain(|_, o| !matches!(o, NextHop::Gateway { ifindex: i, .. } if *i == ifindex));
+            let left: HashSet<u32> = objects.keys().copied().collect();
+            objects.retain(|_, o| match o {
+                NextHop::Group(members) => {
+                    members.retain(|m| left.contains(m));
+                    !members.is_empty()
+                }
+                NextHop::Gateway { .. } => true,
+            });
+        }
     }
 
     /// Links by name.

@@ -20,6 +20,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::kernel::{Hop, Link, Neigh, NeighKey, Route, RouteKey, RouteTarget};
+use super::nexthop::{self, NextHopIds, NextHops};
 use super::reconcile::Op;
 use super::types::MacAddr;
 
@@ -43,15 +44,22 @@ fn family_of(ip: IpAddr) -> AddressFamily {
     }
 }
 
-/// The request that performs `op`.
-pub fn op_request(op: &Op) -> Message {
+/// The request that performs `op`; a gateway route points at the nexthop object `ids` has for
+/// its next hops, if any.
+pub fn op_request(op: &Op, ids: &NextHopIds) -> Message {
     match op {
-        Op::ReplaceRoute(key, route) => with_flags(
-            RouteNetlinkMessage::NewRoute(route_message(key, route, true)),
-            WRITE,
-        ),
+        Op::ReplaceRoute(key, route) => {
+            let nexthop = match &route.target {
+                RouteTarget::Gateways(hops) => ids.get(&hops[..]).copied(),
+                RouteTarget::Device(_) => None,
+            };
+            with_flags(
+                RouteNetlinkMessage::NewRoute(route_message(key, route, Some(nexthop))),
+                WRITE,
+            )
+        }
         Op::DeleteRoute(key, route) => with_flags(
-            RouteNetlinkMessage::DelRoute(route_message(key, route, false)),
+            RouteNetlinkMessage::DelRoute(route_message(key, route, None)),
             DELETE,
         ),
         Op::ReplaceNeigh(key, neigh) => with_flags(
@@ -65,9 +73,10 @@ pub fn op_request(op: &Op) -> Message {
     }
 }
 
-/// A route message for `key`; with `full`, also where it goes (a delete only needs the key and
-/// the protocol, which the kernel checks, so a foreign route of the same key is never deleted).
-fn route_message(key: &RouteKey, route: &Route, full: bool) -> RouteMessage {
+/// A route message for `key`; with `target`, also where it goes, through the nexthop object
+/// given if any (a delete only needs the key and the protocol, which the kernel checks, so a
+/// foreign route of the same key is never deleted).
+fn route_message(key: &RouteKey, route: &Route, target: Option<Option<u32>>) -> RouteMessage {
     let mut msg = RouteMessage::default();
     msg.header.address_family = family_of(key.dst.addr());
     msg.header.destination_prefix_length = key.dst.prefix_len();
@@ -81,7 +90,11 @@ fn route_message(key: &RouteKey, route: &Route, full: bool) -> RouteMessage {
     msg.attributes
         .push(RouteAttribute::Destination(key.dst.addr().into()));
     msg.attributes.push(RouteAttribute::Priority(key.metric));
-    if !full {
+    let Some(nexthop) = target else {
+        return msg;
+    };
+    if let Some(id) = nexthop {
+        msg.attributes.push(RouteAttribute::NhId(id));
         return msg;
     }
     match &route.target {
@@ -161,8 +174,14 @@ pub fn dump_links() -> Message {
     with_flags(RouteNetlinkMessage::GetLink(LinkMessage::default()), DUMP)
 }
 
-/// A main-table unicast route with one of `protocols`, as our key and content.
-pub fn route_from_kernel(msg: &RouteMessage, protocols: &[u8]) -> Option<(RouteKey, Route)> {
+/// A main-table unicast route with one of `protocols`, as our key and content. A route that
+/// points at a nexthop object comes with that object's gateways (unless the kernel's
+/// `nexthop_compat_mode` is off: then they are taken from our `nexthops`).
+pub fn route_from_kernel(
+    msg: &RouteMessage,
+    protocols: &[u8],
+    nexthops: Option<&NextHops>,
+) -> Option<(RouteKey, Route)> {
     let h = &msg.header;
     let protocol = u8::from(h.protocol);
     let table = msg
@@ -187,8 +206,10 @@ pub fn route_from_kernel(msg: &RouteMessage, protocols: &[u8]) -> Option<(RouteK
     let mut oif = None;
     let mut gateway = None;
     let mut multipath = None;
+    let mut nexthop_id = None;
     for attr in &msg.attributes {
         match attr {
+            RouteAttribute::NhId(id) => nexthop_id = Some(*id),
             RouteAttribute::Destination(a) => dst = ip_of(a),
             RouteAttribute::Priority(p) => metric = *p,
             RouteAttribute::Oif(i) => oif = Some(*i),
@@ -205,6 +226,11 @@ pub fn route_from_kernel(msg: &RouteMessage, protocols: &[u8]) -> Option<(RouteK
     };
     let dst = IpNet::new(dst, h.destination_prefix_length).ok()?;
     let target = match (multipath, gateway, oif) {
+        (None, None, None) => {
+            // Only a nexthop id: ours, or (someone else's) no hop we could match.
+            let hops = nexthop::hops_of(nexthops?, nexthop_id?).unwrap_or_default();
+            RouteTarget::Gateways(hops.into())
+        }
         (Some(hops), _, _) => {
             let mut hops: Vec<Hop> = hops
                 .iter()
@@ -226,7 +252,6 @@ pub fn route_from_kernel(msg: &RouteMessage, protocols: &[u8]) -> Option<(RouteK
             RouteTarget::Gateways(vec![Hop { gateway, ifindex }].into())
         }
         (None, None, Some(ifindex)) => RouteTarget::Device(ifindex),
-        (None, None, None) => return None,
     };
     Some((RouteKey { dst, metric }, Route { protocol, target }))
 }
@@ -327,13 +352,19 @@ mod tests {
                 protocol: 83,
                 target: RouteTarget::Device(7),
             };
-            let req = op_request(&Op::ReplaceRoute(key, route.clone()));
+            let req = op_request(
+                &Op::ReplaceRoute(key, route.clone()),
+                &NextHopIds::default(),
+            );
             assert_eq!(req.header.flags, WRITE);
             let parsed = kernel_route(wire_round_trip(&req));
             assert_eq!(parsed.header.scope, scope);
-            assert_eq!(route_from_kernel(&parsed, &[83, 84]), Some((key, route)));
             assert_eq!(
-                route_from_kernel(&parsed, &[84]),
+                route_from_kernel(&parsed, &[83, 84], None),
+                Some((key, route))
+            );
+            assert_eq!(
+                route_from_kernel(&parsed, &[84], None),
                 None,
                 "foreign protocols are ignored"
             );
@@ -360,15 +391,15 @@ mod tests {
             protocol: 84,
             target: RouteTarget::Gateways(hops.into()),
         };
-        let parsed = kernel_route(wire_round_trip(&op_request(&Op::ReplaceRoute(
-            key,
-            route.clone(),
-        ))));
+        let parsed = kernel_route(wire_round_trip(&op_request(
+            &Op::ReplaceRoute(key, route.clone()),
+            &NextHopIds::default(),
+        )));
         assert_eq!(
-            route_from_kernel(&parsed, &[84]),
+            route_from_kernel(&parsed, &[84], None),
             Some((key, route.clone()))
         );
-        let del = op_request(&Op::DeleteRoute(key, route));
+        let del = op_request(&Op::DeleteRoute(key, route), &NextHopIds::default());
         assert_eq!(del.header.flags, DELETE);
         let parsed = kernel_route(wire_round_trip(&del));
         assert_eq!(u8::from(parsed.header.protocol), 84);
@@ -376,6 +407,57 @@ mod tests {
             a,
             RouteAttribute::Destination(_) | RouteAttribute::Priority(_)
         )));
+    }
+
+    #[test]
+    fn gateway_routes_point_at_their_nexthop_object_and_read_back_through_it() {
+        let key = RouteKey {
+            dst: "2001:db8:200::/64".parse().unwrap(),
+            metric: 1024,
+        };
+        let hops: Vec<Hop> = vec![Hop {
+            gateway: "2001:db8:ffff::1".parse().unwrap(),
+            ifindex: None,
+        }];
+        let route = Route {
+            protocol: 84,
+            target: RouteTarget::Gateways(hops.clone().into()),
+        };
+        let mut ids = NextHopIds::default();
+        ids.insert(hops.into(), 84_000_001);
+        let parsed = kernel_route(wire_round_trip(&op_request(
+            &Op::ReplaceRoute(key, route),
+            &ids,
+        )));
+        assert!(
+            parsed
+                .attributes
+                .contains(&RouteAttribute::NhId(84_000_001))
+        );
+        assert!(
+            !parsed
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::Oif(_)))
+        );
+        // Without the compatibility attributes the kernel adds by default, the object says
+        // where the route goes; a foreign object matches no next hop.
+        let objects: NextHops = [(
+            84_000_001,
+            nexthop::NextHop::Gateway {
+                gateway: "2001:db8:ffff::1".parse().unwrap(),
+                ifindex: 3,
+            },
+        )]
+        .into();
+        let (_, read) = route_from_kernel(&parsed, &[84], Some(&objects)).unwrap();
+        let want = vec![Hop {
+            gateway: "2001:db8:ffff::1".parse().unwrap(),
+            ifindex: Some(3),
+        }];
+        assert_eq!(read.target, RouteTarget::Gateways(want.into()));
+        let (_, foreign) = route_from_kernel(&parsed, &[84], Some(&NextHops::new())).unwrap();
+        assert_eq!(foreign.target, RouteTarget::Gateways(Vec::new().into()));
     }
 
     #[test]
@@ -395,7 +477,10 @@ mod tests {
                 permanent: true,
                 protocol: 83,
             };
-            match wire_round_trip(&op_request(&Op::ReplaceNeigh(key, neigh))) {
+            match wire_round_trip(&op_request(
+                &Op::ReplaceNeigh(key, neigh),
+                &NextHopIds::default(),
+            )) {
                 RouteNetlinkMessage::NewNeighbour(n) => {
                     assert_eq!(neigh_from_kernel(&n), Some((key, neigh)))
                 }
@@ -406,12 +491,15 @@ mod tests {
 
     #[test]
     fn unreadable_or_foreign_kernel_messages_are_ignored() {
-        assert_eq!(route_from_kernel(&RouteMessage::default(), &[0]), None);
+        assert_eq!(
+            route_from_kernel(&RouteMessage::default(), &[0], None),
+            None
+        );
         let mut other_table = RouteMessage::default();
         other_table.header.table = 100;
         other_table.header.kind = RouteType::Unicast;
         other_table.attributes.push(RouteAttribute::Oif(3));
-        assert_eq!(route_from_kernel(&other_table, &[0]), None);
+        assert_eq!(route_from_kernel(&other_table, &[0], None), None);
         assert_eq!(neigh_from_kernel(&NeighbourMessage::default()), None);
         assert_eq!(link_from_kernel(&LinkMessage::default()), None);
     }

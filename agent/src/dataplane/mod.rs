@@ -13,6 +13,7 @@ pub mod desired;
 pub mod kernel;
 pub mod messages;
 pub mod netlink;
+pub mod nexthop;
 pub mod programmer;
 pub mod reconcile;
 pub mod types;

@@ -1,10 +1,11 @@
-//! The thin netlink driver: the request sockets (strict-checked dumps filtered by protocol;
-//! batched and pipelined writes, spread over two sockets, acknowledged per batch, with a
-//! large receive buffer and a timeout around every batch), the notification socket (read as the
-//! programmer asks), and the per-tap sysctls (files under /proc/sys of the calling thread's
-//! network namespace).
+//! The thin netlink driver: the request socket (strict-checked dumps filtered by protocol;
+//! batched and pipelined writes, acknowledged per batch, with a large receive buffer and a
+//! timeout around every batch; route lookups), the nexthop-object socket, the notification
+//! socket (read as the programmer asks), and the per-tap sysctls (files under /proc/sys of the
+//! calling thread's network namespace).
 
 use std::io;
+use std::net::IpAddr;
 use std::num::NonZeroI32;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -12,7 +13,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::stream::FuturesOrdered;
-use netlink_packet_core::{NLM_F_ACK, NetlinkBuffer, NetlinkPayload};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_REQUEST, NetlinkBuffer, NetlinkDeserializable, NetlinkMessage, NetlinkPayload,
+    NetlinkSerializable,
+};
+use netlink_packet_route::route::{RouteAttribute, RouteMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_proto::sys::protocols::NETLINK_ROUTE;
 use netlink_proto::sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
@@ -25,21 +30,23 @@ use socket2::{SockFilter, SockRef};
 use super::desired::Tap;
 use super::kernel::{HopSets, KernelView};
 use super::messages::{self, Message};
+use super::nexthop::{self, NextHop, NextHopIds, NextHopMessage, NextHops};
 use super::reconcile::Op;
 
-/// Receive buffer of both sockets (the kernel doubles it for its bookkeeping).
+/// Receive buffer of every socket (the kernel doubles it for its bookkeeping).
 const RECEIVE_BUFFER: usize = 16 << 20;
 /// Room for one notification datagram (the kernel sends at most a page or two).
 const DATAGRAM: usize = 64 << 10;
-/// Request sockets: the kernel inserts a route in the context of the thread that sends it, so
-/// two sockets (each served by its own task) let two threads insert at once.
-const WRITERS: usize = 2;
-/// Batches in flight at once, over all request sockets.
+/// Batches in flight at once.
 const BATCHES_IN_FLIGHT: usize = 4;
 
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 const ENOBUFS: i32 = 105;
+/// The errno of a nexthop id someone else holds.
+pub const EEXIST: i32 = 17;
+const ENETUNREACH: i32 = 101;
+const EHOSTUNREACH: i32 = 113;
 
 /// A failure of the netlink driver.
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +65,9 @@ pub enum NetlinkError {
         /// How long we waited.
         timeout: Duration,
     },
-    /// The kernel refused a dump.
+    /// The kernel refused a dump or a single request.
     #[error("kernel refused {what}: {source}")]
-    Dump {
+    Refused {
         /// What was asked.
         what: &'static str,
         /// The kernel's error.
@@ -86,32 +93,49 @@ fn kernel_error(code: NonZeroI32) -> io::Error {
     io::Error::from_raw_os_error(-code.get())
 }
 
-/// The request sockets: the first also answers dumps; writes are spread over all of them.
+/// The request socket (dumps, lookups and writes: one, not several in parallel, see
+/// docs/decisions.md), and the socket for nexthop objects (netlink-packet-route has no nexthop
+/// messages).
 #[derive(Debug, Clone)]
 pub struct Netlink {
-    writers: Vec<Writer>,
+    requests: RouteSocket,
+    nexthops: Connection<NextHopMessage>,
     batch_size: usize,
     timeout: Duration,
 }
 
-/// One request socket, served by its own connection task.
-#[derive(Debug, Clone)]
-struct Writer {
-    handle: ConnectionHandle<RouteNetlinkMessage>,
+/// A netlink-proto connection, served by its own task.
+#[derive(Debug)]
+struct Connection<T: std::fmt::Debug> {
+    handle: ConnectionHandle<T>,
     /// The socket's netlink port id, which the kernel puts in the notifications of our writes.
     port: u32,
-    /// Where netlink-proto puts answers it was not asked to wait for: the errors of the
-    /// messages of a batch other than its last (see [`apply_batch`]).
-    unanswered: Arc<Mutex<UnboundedReceiver<(Message, SocketAddr)>>>,
+    /// Where netlink-proto puts answers it was not asked to wait for.
+    unanswered: Arc<Mutex<Unanswered<T>>>,
 }
 
-impl Writer {
+/// netlink-proto's stream of answers nobody waits for.
+type Unanswered<T> = UnboundedReceiver<(NetlinkMessage<T>, SocketAddr)>;
+
+impl<T: std::fmt::Debug + Clone> Clone for Connection<T> {
+    fn clone(&self) -> Self {
+        Connection {
+            handle: self.handle.clone(),
+            port: self.port,
+            unanswered: Arc::clone(&self.unanswered),
+        }
+    }
+}
+
+impl<T> Connection<T>
+where
+    T: std::fmt::Debug + NetlinkSerializable + NetlinkDeserializable + Unpin + Send + 'static,
+{
     /// Opens the socket in the calling thread's namespace and spawns its connection task on
     /// the current tokio runtime.
-    fn open() -> Result<Writer, NetlinkError> {
+    fn open() -> Result<Connection<T>, NetlinkError> {
         let (mut conn, handle, unanswered) =
-            netlink_proto::new_connection::<RouteNetlinkMessage>(NETLINK_ROUTE)
-                .map_err(NetlinkError::Socket)?;
+            netlink_proto::new_connection::<T>(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
         let socket = conn.socket_mut().socket_mut();
         set_receive_buffer(socket)?;
         socket.set_cap_ack(true).map_err(NetlinkError::Socket)?;
@@ -124,16 +148,58 @@ impl Writer {
             .port_number();
         conn.set_forward_ack(true);
         tokio::spawn(conn);
-        Ok(Writer {
+        Ok(Connection {
             handle,
             port,
             unanswered: Arc::new(Mutex::new(unanswered)),
         })
     }
 
+    /// Sends a request (a dump, or a single request that asks for an acknowledgement) and hands
+    /// each answer to `take` as it arrives (a dump of 100,000 routes is never held decoded all
+    /// at once).
+    async fn converse(
+        &self,
+        what: &'static str,
+        request: NetlinkMessage<T>,
+        timeout: Duration,
+        mut take: impl FnMut(T),
+    ) -> Result<(), NetlinkError> {
+        let mut responses = self
+            .handle
+            .request(request, SocketAddr::new(0, 0))
+            .map_err(|_| NetlinkError::Closed)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        while let Some(msg) = tokio::time::timeout_at(deadline, responses.next())
+            .await
+            .map_err(|_| NetlinkError::Timeout { what, timeout })?
+        {
+            match msg.payload {
+                NetlinkPayload::InnerMessage(inner) => take(inner),
+                NetlinkPayload::Error(e) => match e.code {
+                    Some(code) => {
+                        return Err(NetlinkError::Refused {
+                            what,
+                            source: kernel_error(code),
+                        });
+                    }
+                    // The acknowledgement: nothing follows.
+                    None => break,
+                },
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The request socket for routes, neighbours and links.
+type RouteSocket = Connection<RouteNetlinkMessage>;
+
+impl RouteSocket {
     /// Takes the errors waiting for messages of these batches (sent on this socket and
     /// answered) and puts them in the batches' outcomes.
-    fn collect_errors(&self, batches: &mut [&mut Batch]) {
+    fn collect_errors(&self, batches: &mut [Batch]) {
         let mut unanswered = self
             .unanswered
             .lock()
@@ -157,7 +223,7 @@ impl Writer {
             let seq = msg.header.sequence_number;
             if let Some((batch, index)) = batches
                 .iter_mut()
-                .find_map(|b| b.index_of(seq).map(|i| (&mut **b, i)))
+                .find_map(|b| b.index_of(seq).map(|i| (b, i)))
             {
                 batch.outcomes[index] = outcome(batch.deletes[index], Some(code));
             }
@@ -170,64 +236,145 @@ impl Netlink {
     /// on the current tokio runtime.
     pub fn open(batch_size: usize, timeout: Duration) -> Result<Netlink, NetlinkError> {
         Ok(Netlink {
-            writers: (0..WRITERS)
-                .map(|_| Writer::open())
-                .collect::<Result<_, _>>()?,
+            requests: RouteSocket::open()?,
+            nexthops: Connection::open()?,
             batch_size: batch_size.max(1),
             timeout,
         })
     }
 
-    /// The port ids of the request sockets.
-    pub fn ports(&self) -> impl Iterator<Item = u32> + '_ {
-        self.writers.iter().map(|w| w.port)
+    /// The port ids of the sockets that write.
+    pub fn ports(&self) -> [u32; 2] {
+        [self.requests.port, self.nexthops.port]
     }
 
-    /// Runs a dump, handing each answer to `take` as it arrives (a dump of 100,000 routes is
-    /// never held decoded all at once).
+    /// Our nexthop objects (protocol `protocol`); `None` when the kernel has none to dump
+    /// (before Linux 5.3).
+    async fn read_nexthops(&self, protocol: u8) -> Option<NextHops> {
+        let mut objects = NextHops::new();
+        let dumped = self
+            .nexthops
+            .converse(
+                "a nexthop dump",
+                NextHopMessage::dump(),
+                self.timeout,
+                |msg| {
+                    if msg.protocol == protocol
+                        && let (Some(id), Some(object)) = (msg.id(), msg.next_hop())
+                    {
+                        objects.insert(id, object);
+                    }
+                },
+            )
+            .await;
+        match dumped {
+            Ok(()) => Some(objects),
+            Err(e) => {
+                tracing::info!("no nexthop objects ({e}): learned routes name their gateways");
+                None
+            }
+        }
+    }
+
+    /// Creates nexthop object `id`; fails if the id is taken.
+    pub async fn create_nexthop(
+        &self,
+        id: u32,
+        protocol: u8,
+        object: &NextHop,
+    ) -> Result<(), NetlinkError> {
+        let request = NextHopMessage::create(id, protocol, object);
+        self.nexthops
+            .converse("a new nexthop object", request, self.timeout, drop)
+            .await
+    }
+
+    /// Deletes nexthop object `id` (and, in the kernel, every route that points at it).
+    pub async fn delete_nexthop(&self, id: u32) -> Result<(), NetlinkError> {
+        let request = NextHopMessage::delete(id);
+        match self
+            .nexthops
+            .converse("a nexthop deletion", request, self.timeout, drop)
+            .await
+        {
+            Err(NetlinkError::Refused { source, .. }) if source.raw_os_error() == Some(ENOENT) => {
+                Ok(())
+            }
+            outcome => outcome,
+        }
+    }
+
+    /// The interface through which `gateway` is directly reachable, by the kernel's route
+    /// lookup; `None` when it is reached through another gateway (or not at all).
+    pub async fn gateway_interface(&self, gateway: IpAddr) -> Result<Option<u32>, NetlinkError> {
+        let mut lookup = RouteMessage::default();
+        lookup.header.address_family = match gateway {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        lookup.header.destination_prefix_length = match gateway {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        };
+        lookup
+            .attributes
+            .push(RouteAttribute::Destination(gateway.into()));
+        let mut request = Message::from(RouteNetlinkMessage::GetRoute(lookup));
+        request.header.flags = NLM_F_REQUEST;
+        // The interface of the route found, unless that route goes through a gateway itself.
+        let mut direct = None;
+        let looked_up = self
+            .requests
+            .converse("a route lookup", request, self.timeout, |answer| {
+                if let RouteNetlinkMessage::NewRoute(route) = answer {
+                    let mut oif = None;
+                    for attribute in &route.attributes {
+                        match attribute {
+                            RouteAttribute::Oif(i) => oif = Some(*i),
+                            RouteAttribute::Gateway(_) => return,
+                            _ => {}
+                        }
+                    }
+                    direct = oif;
+                }
+            })
+            .await;
+        match looked_up {
+            Ok(()) => Ok(direct),
+            Err(NetlinkError::Refused { source, .. })
+                if [ENETUNREACH, EHOSTUNREACH].contains(&source.raw_os_error().unwrap_or(0)) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs a dump on the first request socket.
     async fn dump(
         &self,
         what: &'static str,
         request: Message,
-        mut take: impl FnMut(RouteNetlinkMessage),
+        take: impl FnMut(RouteNetlinkMessage),
     ) -> Result<(), NetlinkError> {
-        let mut responses = self.writers[0]
-            .handle
-            .request(request, SocketAddr::new(0, 0))
-            .map_err(|_| NetlinkError::Closed)?;
-        let timeout = || NetlinkError::Timeout {
-            what,
-            timeout: self.timeout,
-        };
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        while let Some(msg) = tokio::time::timeout_at(deadline, responses.next())
+        self.requests
+            .converse(what, request, self.timeout, take)
             .await
-            .map_err(|_| timeout())?
-        {
-            match msg.payload {
-                NetlinkPayload::InnerMessage(inner) => take(inner),
-                NetlinkPayload::Error(e) => {
-                    if let Some(code) = e.code {
-                        return Err(NetlinkError::Dump {
-                            what,
-                            source: kernel_error(code),
-                        });
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(())
     }
 
-    /// Reads the kernel: every link, the main-table routes with our protocols (their next-hop
-    /// sets shared through `hop_sets`), every neighbour and proxy entry.
+    /// Reads the kernel: every link, our nexthop objects (`nexthop_protocol`), the main-table
+    /// routes with our protocols (their next-hop sets shared through `hop_sets`), every
+    /// neighbour and proxy entry.
     pub async fn read_kernel(
         &self,
         route_protocols: &[u8],
+        nexthop_protocol: u8,
         hop_sets: &mut HopSets,
     ) -> Result<KernelView, NetlinkError> {
-        let mut view = KernelView::default();
+        let mut view = KernelView {
+            nexthops: self.read_nexthops(nexthop_protocol).await,
+            ..KernelView::default()
+        };
         self.dump("a link dump", messages::dump_links(), |msg| {
             if let RouteNetlinkMessage::NewLink(link) = msg
                 && let Some(link) = messages::link_from_kernel(&link)
@@ -239,10 +386,11 @@ impl Netlink {
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             for protocol in route_protocols {
                 let request = messages::dump_routes(family, *protocol);
+                let nexthops = view.nexthops.as_ref();
                 self.dump("a route dump", request, |msg| {
                     if let RouteNetlinkMessage::NewRoute(route) = msg
                         && let Some((key, route)) =
-                            messages::route_from_kernel(&route, route_protocols)
+                            messages::route_from_kernel(&route, route_protocols, nexthops)
                     {
                         view.routes.insert(key, hop_sets.route(route));
                     }
@@ -264,27 +412,29 @@ impl Netlink {
         Ok(view)
     }
 
-    /// Sends `ops` in pipelined batches; returns one outcome per operation, in order. A delete
+    /// Sends `ops` in pipelined batches, gateway routes pointing at the nexthop objects `ids`
+    /// names; returns one outcome per operation, in order. A delete
     /// of something already gone succeeds. Calls must not overlap: the errors of a call's
     /// batches are collected from a stream all calls share (the programmer makes one call at
     /// a time).
-    pub async fn apply(&self, ops: &[Op]) -> Vec<Result<(), NetlinkError>> {
+    pub async fn apply(&self, ops: &[Op], ids: &NextHopIds) -> Vec<Result<(), NetlinkError>> {
         // Requests are built a batch at a time, as batches go out: a large apply (100,000
         // learned routes) never holds every message at once.
         let mut chunks = ops.chunks(self.batch_size);
-        let mut writers = (0..self.writers.len()).cycle();
         let mut in_flight = FuturesOrdered::new();
         let mut batches = Vec::new();
         loop {
             while in_flight.len() < BATCHES_IN_FLIGHT {
-                let (Some(chunk), Some(writer)) = (chunks.next(), writers.next()) else {
+                let Some(chunk) = chunks.next() else {
                     break;
                 };
-                let requests = chunk.iter().map(messages::op_request).collect();
+                let requests = chunk
+                    .iter()
+                    .map(|op| messages::op_request(op, ids))
+                    .collect();
                 let deletes = chunk.iter().map(is_delete).collect();
-                let handle = self.writers[writer].handle.clone();
-                let batch = apply_batch(handle, requests, deletes, self.timeout);
-                in_flight.push_back(async move { (writer, batch.await) });
+                let handle = self.requests.handle.clone();
+                in_flight.push_back(apply_batch(handle, requests, deletes, self.timeout));
             }
             match in_flight.next().await {
                 Some(batch) => batches.push(batch),
@@ -292,15 +442,8 @@ impl Netlink {
             }
         }
         // Every batch is answered, so the errors of its other messages are waiting already.
-        for (index, writer) in self.writers.iter().enumerate() {
-            let mut own: Vec<&mut Batch> = batches
-                .iter_mut()
-                .filter(|(w, _)| *w == index)
-                .map(|(_, b)| b)
-                .collect();
-            writer.collect_errors(&mut own);
-        }
-        batches.into_iter().flat_map(|(_, b)| b.outcomes).collect()
+        self.requests.collect_errors(&mut batches);
+        batches.into_iter().flat_map(|b| b.outcomes).collect()
     }
 }
 
@@ -334,7 +477,7 @@ fn outcome(is_delete: bool, code: Option<NonZeroI32>) -> Result<(), NetlinkError
 /// kernel answers the others only if they fail, and handles a batch in order, so once the
 /// last is answered the batch is done, and the errors of the others (which netlink-proto
 /// passes on as unsolicited) are waiting on the socket's unanswered stream, matched by
-/// sequence number ([`Writer::collect_errors`]). Half the messages of acknowledging each
+/// sequence number ([`RouteSocket::collect_errors`]). Half the messages of acknowledging each
 /// write, and none of the work of tracking each.
 async fn apply_batch(
     handle: ConnectionHandle<RouteNetlinkMessage>,
@@ -439,11 +582,13 @@ fn echo_filter(ports: &[u32]) -> Vec<Insn> {
 pub enum Event {
     /// A link, route or neighbour changed.
     Changed(RouteNetlinkMessage),
+    /// A nexthop object was deleted (with the routes that pointed at it).
+    NextHopDeleted(u32),
     /// The socket's buffer overflowed and notifications were lost: only a resync is safe.
     Overrun,
 }
 
-/// Kernel notifications (links, IPv4/IPv6 routes, neighbours), read and decoded a datagram at
+/// Kernel notifications (links, IPv4/IPv6 routes, neighbours, nexthop deletions), read and decoded a datagram at
 /// a time as the programmer asks for them: a backlog waits in the kernel's socket buffer, not
 /// decoded in ours. The notifications of our own writes (their header carries the port id of
 /// the socket that asked) are dropped: each write's outcome, from its batch's answers, has
@@ -464,7 +609,7 @@ impl std::fmt::Debug for Events {
 }
 
 impl Events {
-    /// Subscribes to link, route and neighbour notifications in the calling thread's
+    /// Subscribes to link, route, neighbour and nexthop notifications in the calling thread's
     /// namespace.
     pub fn open() -> Result<Events, NetlinkError> {
         let mut socket = TokioSocket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
@@ -480,6 +625,10 @@ impl Events {
         for group in groups {
             sock.add_membership(group as u32)
                 .map_err(NetlinkError::Socket)?;
+        }
+        // Kernels without nexthop objects have no such group.
+        if let Err(e) = sock.add_membership(nexthop::RTNLGRP_NEXTHOP) {
+            tracing::debug!("no nexthop notifications: {e}");
         }
         set_receive_buffer(sock)?;
         Ok(Events {
@@ -507,8 +656,8 @@ impl Events {
     /// The next notification; `None` when the socket failed (logged).
     pub async fn next(&mut self) -> Option<Event> {
         loop {
-            if let Some(message) = self.decode_next() {
-                return Some(Event::Changed(message));
+            if let Some(event) = self.decode_next() {
+                return Some(event);
             }
             self.datagram.clear();
             self.at = 0;
@@ -524,8 +673,8 @@ impl Events {
     /// failed (logged).
     pub fn try_next(&mut self) -> Option<Option<Event>> {
         loop {
-            if let Some(message) = self.decode_next() {
-                return Some(Some(Event::Changed(message)));
+            if let Some(event) = self.decode_next() {
+                return Some(Some(event));
             }
             self.datagram.clear();
             self.at = 0;
@@ -558,12 +707,12 @@ impl Events {
     }
 
     /// Decodes the next message of the current datagram; skips (and logs) what does not
-    /// decode, and what is not a notification.
-    fn decode_next(&mut self) -> Option<RouteNetlinkMessage> {
+    /// decode, and what is not a notification we use.
+    fn decode_next(&mut self) -> Option<Event> {
         while self.at < self.datagram.len() {
             let rest = &self.datagram[self.at..];
-            let (len, port) = match NetlinkBuffer::new_checked(rest) {
-                Ok(buf) => (buf.length() as usize, buf.port_number()),
+            let (len, port, kind) = match NetlinkBuffer::new_checked(rest) {
+                Ok(buf) => (buf.length() as usize, buf.port_number(), buf.message_type()),
                 Err(e) => {
                     tracing::warn!("undecodable kernel notification datagram: {e}");
                     self.at = self.datagram.len();
@@ -571,16 +720,30 @@ impl Events {
                 }
             };
             let echo = self.own_ports.contains(&port);
-            let message = (!echo).then(|| rest.get(..len).map(Message::deserialize));
+            let bytes = rest.get(..len);
             // Messages in a datagram are 4-byte aligned.
             self.at += len.max(1).next_multiple_of(4);
-            let Some(message) = message else {
+            if echo || kind == nexthop::RTM_NEWNEXTHOP {
                 continue;
-            };
-            match message {
+            }
+            if kind == nexthop::RTM_DELNEXTHOP {
+                let deleted =
+                    bytes.and_then(|b| NetlinkMessage::<NextHopMessage>::deserialize(b).ok());
+                match deleted.and_then(|msg| match msg.payload {
+                    NetlinkPayload::InnerMessage(inner) => inner.id(),
+                    _ => None,
+                }) {
+                    Some(id) => return Some(Event::NextHopDeleted(id)),
+                    None => {
+                        tracing::warn!("undecodable nexthop notification");
+                        continue;
+                    }
+                }
+            }
+            match bytes.map(Message::deserialize) {
                 Some(Ok(msg)) => {
                     if let NetlinkPayload::InnerMessage(inner) = msg.payload {
-                        return Some(inner);
+                        return Some(Event::Changed(inner));
                     }
                 }
                 Some(Err(e)) => tracing::debug!("skipping a kernel notification: {e}"),

@@ -3,6 +3,7 @@
 //! events, the resync timer) first drains whatever else is ready, then reconciles once.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
@@ -12,9 +13,10 @@ use tokio::task::JoinHandle;
 
 use super::HashSet;
 use super::desired::{self, Desired, Owner};
-use super::kernel::{HopSets, KernelView, RouteKey, RouteTarget};
+use super::kernel::{Hop, HopSets, KernelView, Route, RouteKey, RouteTarget};
 use super::messages;
-use super::netlink::{self, Event, Events, Netlink, NetlinkError};
+use super::netlink::{self, EEXIST, Event, Events, Netlink, NetlinkError};
+use super::nexthop::{self, NextHopIds};
 use super::reconcile::{self, Complete, Op, Ownership};
 use super::types::{
     DataplaneConfig, DesiredEndpoint, EndpointStatus, LearnedRoute, LearnedRoutes, ProgrammedRoute,
@@ -23,6 +25,10 @@ use super::types::{
 
 /// Commands queued before the task applies back-pressure.
 const COMMAND_QUEUE: usize = 4096;
+
+/// Attempts at finding free ids for a new set's nexthop objects (each attempt skips the ids
+/// found taken by someone else).
+const NEXTHOP_ID_ATTEMPTS: usize = 8;
 
 /// The most learned routes one incremental reconcile takes: a table of 100,000 is written in
 /// rounds, between which kernel events and queries are taken, and memory stays bounded.
@@ -177,7 +183,9 @@ impl Programmer {
             neigh_protocol: cfg.endpoint_protocol,
         };
         let mut hop_sets = HopSets::default();
-        let view = nl.read_kernel(&own.route_protocols, &mut hop_sets).await?;
+        let view = nl
+            .read_kernel(&own.route_protocols, cfg.learned_protocol, &mut hop_sets)
+            .await?;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let task = Task {
             cfg,
@@ -200,6 +208,9 @@ impl Programmer {
             dirty_learned: BTreeSet::new(),
             dirty_routes: HashSet::default(),
             hop_sets,
+            nexthop_ids: Arc::default(),
+            nexthop_ids_taken: HashSet::default(),
+            nexthop_failed: HashSet::default(),
             withdrawn: HashSet::default(),
             next_round: None,
             resync_due: false,
@@ -258,6 +269,14 @@ struct Task {
     dirty_routes: HashSet<RouteKey>,
     /// The shared next-hop sets of the desired state and the view.
     hop_sets: HopSets,
+    /// The nexthop object each set of next hops written so far points at (shared with the
+    /// write tasks).
+    nexthop_ids: Arc<NextHopIds>,
+    /// Nexthop ids found to belong to someone else.
+    nexthop_ids_taken: HashSet<u32>,
+    /// Sets that could not have a nexthop object (logged; written with their gateways named)
+    /// until the next resync.
+    nexthop_failed: HashSet<Box<[Hop]>>,
     /// Learned routes this run installed and BGP then withdrew before it converged: they go
     /// at once, unlike the ones a previous run left.
     withdrawn: HashSet<RouteKey>,
@@ -375,6 +394,16 @@ impl Task {
                 self.resync_due = true;
                 return;
             }
+            Event::NextHopDeleted(id) => {
+                // Someone deleted an object of ours, and the kernel the routes pointing at it.
+                if let Some(objects) = &mut self.view.nexthops
+                    && objects.remove(&id).is_some()
+                {
+                    tracing::warn!("nexthop object {id} was deleted; full resync");
+                    self.resync_due = true;
+                }
+                return;
+            }
             Event::Changed(inner) => inner,
         };
         let protocols = self.own.route_protocols;
@@ -396,6 +425,9 @@ impl Task {
                         .retain(|_, r| !r.ifindexes().any(|i| i == link.ifindex));
                     self.view.neighs.retain(|k, _| k.ifindex != link.ifindex);
                     self.resync_due |= self.carries_learned_routes(&link.name);
+                } else if was_running && !link.running {
+                    // Going down, it takes its nexthop objects with it, silently.
+                    self.resync_due |= self.carries_learned_routes(&link.name);
                 }
                 if self.view.links.get(&link.ifindex) != Some(&link) {
                     self.view.links.insert(link.ifindex, link);
@@ -412,7 +444,8 @@ impl Task {
                 self.dirty = true;
             }
             RouteNetlinkMessage::NewRoute(route) => {
-                if let Some((key, route)) = messages::route_from_kernel(&route, &protocols)
+                if let Some((key, route)) =
+                    messages::route_from_kernel(&route, &protocols, self.view.nexthops.as_ref())
                     && self.view.routes.get(&key) != Some(&route)
                 {
                     let route = self.hop_sets.route(route);
@@ -421,7 +454,8 @@ impl Task {
                 }
             }
             RouteNetlinkMessage::DelRoute(route) => {
-                if let Some((key, route)) = messages::route_from_kernel(&route, &protocols)
+                if let Some((key, route)) =
+                    messages::route_from_kernel(&route, &protocols, self.view.nexthops.as_ref())
                     && self
                         .view
                         .routes
@@ -469,12 +503,18 @@ impl Task {
         let started = Instant::now();
         match self
             .nl
-            .read_kernel(&self.own.route_protocols, &mut self.hop_sets)
+            .read_kernel(
+                &self.own.route_protocols,
+                self.cfg.learned_protocol,
+                &mut self.hop_sets,
+            )
             .await
         {
             Ok(view) => {
                 self.view = view;
                 self.sysctls_done.clear();
+                self.nexthop_ids = Arc::default();
+                self.nexthop_failed.clear();
             }
             Err(e) => tracing::error!("resync: reading the kernel failed: {e}"),
         }
@@ -526,6 +566,7 @@ impl Task {
             tracing::warn!("{owner:?}: {error}");
         }
         self.apply_errors = errors;
+        self.collect_nexthops().await;
         self.announce();
     }
 
@@ -534,9 +575,151 @@ impl Task {
         if ops.is_empty() {
             return Vec::new();
         }
+        self.prepare_nexthops(ops).await;
         let started = Instant::now();
-        let outcomes = self.nl.apply(ops).await;
+        let outcomes = self.nl.apply(ops, &self.nexthop_ids).await;
         self.settle(ops, outcomes, started)
+    }
+
+    /// Gives every set of next hops that `ops` write routes with a nexthop object, creating
+    /// the objects it lacks. A set that cannot have one (a kernel without them, a gateway not
+    /// directly reachable, a refusal) is written with its gateways named instead.
+    async fn prepare_nexthops(&mut self, ops: &[Op]) {
+        if self.view.nexthops.is_none() {
+            return;
+        }
+        let mut last: Option<&Arc<[Hop]>> = None;
+        let mut missing: Vec<Arc<[Hop]>> = Vec::new();
+        for op in ops {
+            let Op::ReplaceRoute(
+                _,
+                Route {
+                    target: RouteTarget::Gateways(hops),
+                    ..
+                },
+            ) = op
+            else {
+                continue;
+            };
+            // Sets are shared: most routes have the set the one before had.
+            if last.is_some_and(|l| Arc::ptr_eq(l, hops)) {
+                continue;
+            }
+            last = Some(hops);
+            let known =
+                self.nexthop_ids.contains_key(&hops[..]) || self.nexthop_failed.contains(&hops[..]);
+            if !hops.is_empty() && !known && !missing.contains(hops) {
+                missing.push(Arc::clone(hops));
+            }
+        }
+        for hops in missing {
+            match self.nexthop_for(&hops).await {
+                Ok(id) => {
+                    Arc::make_mut(&mut self.nexthop_ids).insert(hops[..].into(), id);
+                }
+                Err(problem) => {
+                    let gateways: Vec<String> =
+                        hops.iter().map(|h| h.gateway.to_string()).collect();
+                    tracing::warn!(
+                        "no nexthop object for next hops {}: {problem}; their routes name them",
+                        gateways.join(", ")
+                    );
+                    self.nexthop_failed.insert(hops[..].into());
+                }
+            }
+        }
+    }
+
+    /// The id of the nexthop object for `hops`: one of ours that serves them, or a new one
+    /// (with the gateway objects it needs).
+    async fn nexthop_for(&mut self, hops: &[Hop]) -> Result<u32, String> {
+        let protocol = self.cfg.learned_protocol;
+        let objects = self.view.nexthops.get_or_insert_default();
+        if let Some(id) = nexthop::find(objects, hops) {
+            return Ok(id);
+        }
+        let mut resolved = Vec::new();
+        for hop in hops {
+            let ifindex = match hop.ifindex {
+                Some(ifindex) => ifindex,
+                None => self
+                    .nl
+                    .gateway_interface(hop.gateway)
+                    .await
+                    .map_err(|e| format!("looking up gateway {}: {e}", hop.gateway))?
+                    .ok_or_else(|| format!("gateway {} is not directly reachable", hop.gateway))?,
+            };
+            resolved.push((hop.gateway, ifindex));
+        }
+        for _ in 0..NEXTHOP_ID_ATTEMPTS {
+            let (planned, id) =
+                nexthop::plan_objects(objects, &resolved, protocol, &self.nexthop_ids_taken);
+            let mut taken = None;
+            for (new_id, object) in planned {
+                match self.nl.create_nexthop(new_id, protocol, &object).await {
+                    Ok(()) => {
+                        objects.insert(new_id, object);
+                    }
+                    Err(NetlinkError::Refused { source, .. })
+                        if source.raw_os_error() == Some(EEXIST) =>
+                    {
+                        taken = Some(new_id);
+                        break;
+                    }
+                    Err(e) => return Err(format!("creating nexthop object {new_id}: {e}")),
+                }
+            }
+            match taken {
+                None => return Ok(id),
+                Some(new_id) => {
+                    self.nexthop_ids_taken.insert(new_id);
+                }
+            }
+        }
+        Err("every nexthop id tried belongs to someone else".into())
+    }
+
+    /// Deletes our nexthop objects that no route of ours, desired or in the kernel, uses.
+    async fn collect_nexthops(&mut self) {
+        let Some(objects) = &self.view.nexthops else {
+            return;
+        };
+        let unused = {
+            // The sets are shared: a handful, however many routes.
+            let mut seen = HashSet::default();
+            let sets: Vec<&[Hop]> = self
+                .desired
+                .routes
+                .values()
+                .map(|(route, _)| route)
+                .chain(self.view.routes.values())
+                .filter_map(|route| match &route.target {
+                    RouteTarget::Gateways(hops) if seen.insert(Arc::as_ptr(hops)) => {
+                        Some(&hops[..])
+                    }
+                    _ => None,
+                })
+                .collect();
+            nexthop::unused(objects, sets)
+        };
+        for id in unused {
+            match self.nl.delete_nexthop(id).await {
+                Ok(()) => {
+                    if let Some(objects) = &mut self.view.nexthops {
+                        objects.remove(&id);
+                    }
+                }
+                Err(e) => tracing::warn!("deleting unused nexthop object {id}: {e}"),
+            }
+        }
+        if let Some(objects) = &self.view.nexthops
+            && self
+                .nexthop_ids
+                .values()
+                .any(|id| !objects.contains_key(id))
+        {
+            Arc::make_mut(&mut self.nexthop_ids).retain(|_, id| objects.contains_key(id));
+        }
     }
 
     /// Records in the view what of `ops` (written since `started`) succeeded, and returns
@@ -576,10 +759,12 @@ impl Task {
             Some(round) => round,
             None => self.plan_round(&[]),
         };
+        self.prepare_nexthops(&ops).await;
         let started = Instant::now();
         let nl = self.nl.clone();
+        let ids = Arc::clone(&self.nexthop_ids);
         let write = tokio::spawn(async move {
-            let outcomes = nl.apply(&ops).await;
+            let outcomes = nl.apply(&ops, &ids).await;
             (ops, outcomes)
         });
         if !self.dirty_learned.is_empty() {
