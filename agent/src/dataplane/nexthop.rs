@@ -458,6 +458,54 @@ mod tests {
         assert_eq!(short.next_hop(), None);
     }
 
+    /// Bounded fuzzing of the decoder (the kernel's bytes): mutations of valid messages and
+    /// random bytes never panic, and whatever decodes reads without panicking.
+    #[test]
+    fn the_decoder_never_panics_on_mutated_or_random_bytes() {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let seeds: Vec<Vec<u8>> = [
+            NextHopMessage::create(84_000_001, 84, &gw("2001:db8:ffff::1", 3)),
+            NextHopMessage::create(84_000_002, 84, &gw("192.0.2.0", 4)),
+            NextHopMessage::create(84_000_003, 84, &NextHop::Group(vec![1, 2, 3])),
+            NextHopMessage::delete(5),
+        ]
+        .iter()
+        .map(|msg| {
+            let mut buf = vec![0; msg.buffer_len()];
+            msg.serialize(&mut buf);
+            buf[16..].to_vec()
+        })
+        .collect();
+        let header = NetlinkHeader::default();
+        for i in 0..20_000 {
+            let mut bytes = if i % 4 == 0 {
+                (0..next() % 64).map(|_| next() as u8).collect()
+            } else {
+                seeds[i % seeds.len()].clone()
+            };
+            for _ in 0..1 + next() % 4 {
+                if bytes.is_empty() {
+                    break;
+                }
+                let at = (next() as usize) % bytes.len();
+                match next() % 3 {
+                    0 => bytes[at] = next() as u8,
+                    1 => bytes.truncate(at),
+                    _ => bytes.insert(at, next() as u8),
+                }
+            }
+            if let Ok(msg) = NextHopMessage::deserialize(&header, &bytes) {
+                let _ = (msg.id(), msg.next_hop());
+            }
+        }
+    }
+
     #[test]
     fn a_set_finds_its_gateway_or_group_with_or_without_a_known_interface() {
         let objects: NextHops = [
