@@ -484,6 +484,93 @@ fn ecmp_learned_routes_are_installed_and_replaced_when_next_hops_change() {
     assert_eq!(p.snapshot().learned_routes, 1);
 }
 
+/// RFC 8950: an IPv4 route learned with an IPv6 next hop goes through it (`via inet6`), both
+/// through a nexthop object and written with its gateway named (`RTA_VIA`), and a restart
+/// adopts it.
+#[test]
+fn ipv4_routes_through_an_ipv6_gateway_are_installed_and_adopted() {
+    use skog_agent::dataplane::kernel::{Hop, Route, RouteKey, RouteTarget};
+    use skog_agent::dataplane::netlink::Netlink;
+    use skog_agent::dataplane::nexthop::NextHopIds;
+    use skog_agent::dataplane::reconcile::Op;
+
+    let mut tb = Testbed::new("dp_v4via6").unwrap();
+    let hv = tb.add_hypervisor("hv1", 65001).unwrap();
+    let tor = tb.add_tor("tor1", TorDaemon::Bird, 65100).unwrap();
+    let up = tb.link(hv, tor).unwrap();
+    let ns = tb.hv(hv).unwrap().ns();
+    let learned: IpNet = "203.0.113.0/25".parse().unwrap();
+    let gateway = IpAddr::from(up.tor_v6);
+    let through_v6 = |dst: IpNet| -> Result<KernelRoute, String> {
+        let routes = ns.kernel_routes(false).unwrap();
+        match routes.iter().find(|r| r.dst == dst && r.protocol == "84") {
+            Some(r) if r.gateways == [gateway] && r.devices == [up.hv_if.clone()] => Ok(r.clone()),
+            _ => Err(format!("{routes:?}")),
+        }
+    };
+    let first = InNamespace::start(ns, DataplaneConfig::default());
+    block_on(
+        first
+            .handle
+            .set_learned_route(learned_via(learned, [gateway])),
+    )
+    .unwrap();
+    first.complete();
+    let route = wait_until("the IPv4 route via IPv6", CONVERGE, || through_v6(learned)).unwrap();
+    assert!(route.nexthop_id.is_some(), "{route:?}");
+    first.stop();
+    let second = InNamespace::start(ns, DataplaneConfig::default());
+    block_on(
+        second
+            .handle
+            .set_learned_route(learned_via(learned, [gateway])),
+    )
+    .unwrap();
+    second.complete();
+    let snap = second.snapshot();
+    assert_eq!(snap.kernel_writes, 0, "{snap:?}");
+    assert!(snap.learned_problems.is_empty(), "{snap:?}");
+    second.stop();
+
+    // Without a nexthop object: the gateway named with RTA_VIA.
+    let named: IpNet = "203.0.113.128/25".parse().unwrap();
+    let op = Op::ReplaceRoute(
+        RouteKey {
+            dst: named,
+            metric: 1024,
+        },
+        Route {
+            protocol: 84,
+            target: RouteTarget::Gateways(
+                vec![Hop {
+                    gateway,
+                    ifindex: Some(ns.ifindex(&up.hv_if).unwrap()),
+                }]
+                .into(),
+            ),
+        },
+    );
+    let outcomes = ns
+        .enter(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let nl = Netlink::open(4, Duration::from_secs(5)).unwrap();
+                let outcomes = nl.apply(&[op], &NextHopIds::default()).await;
+                outcomes
+                    .iter()
+                    .map(|o| o.as_ref().map_err(ToString::to_string).copied())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .unwrap();
+    assert_eq!(outcomes, [Ok(())]);
+    let route = through_v6(named).unwrap();
+    assert_eq!(route.nexthop_id, None);
+}
+
 #[test]
 fn bad_endpoints_are_reported_and_skipped_without_affecting_others() {
     let mut tb = Testbed::new("dp_bad").unwrap();

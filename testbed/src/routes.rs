@@ -113,9 +113,15 @@ fn parse_kernel_routes(json: &str, v6: bool) -> Result<Vec<KernelRoute>> {
         };
         routes.push(KernelRoute {
             dst,
+            // `via` for a gateway of the other family (an IPv4 route through IPv6).
             gateways: hops
                 .iter()
-                .filter_map(|h| text(h, "gateway")?.parse().ok())
+                .filter_map(|h| {
+                    text(h, "gateway")
+                        .or_else(|| h.get("via").and_then(|v| text(v, "host")))?
+                        .parse()
+                        .ok()
+                })
                 .collect(),
             devices: hops.iter().filter_map(|h| text(h, "dev")).collect(),
             protocol: text(entry, "protocol").unwrap_or_else(|| "boot".into()),
@@ -165,5 +171,11 @@ mod tests {
             {"gateway":"2001:db8:ffff::1","dev":"d0","weight":1,"flags":[]}]}]"#;
         let routes = parse_kernel_routes(json, true).unwrap();
         assert_eq!(routes[0].nexthop_id, Some(84000003));
+        let json = r#"[{"dst":"203.0.113.0/25","nhid":1,"via":{"family":"inet6","host":"2001:db8:ffff::1"},"dev":"d0","protocol":"84","flags":[]}]"#;
+        let routes = parse_kernel_routes(json, false).unwrap();
+        assert_eq!(
+            routes[0].gateways,
+            ["2001:db8:ffff::1".parse::<IpAddr>().unwrap()]
+        );
     }
 }

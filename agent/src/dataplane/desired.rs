@@ -221,14 +221,11 @@ fn learned_route(
                 }
             },
         };
-        let family_ok = matches!(
-            (prefix, nh.gateway),
-            (IpNet::V4(_), IpAddr::V4(_)) | (IpNet::V6(_), IpAddr::V6(_))
-        );
-        if !family_ok {
+        // An IPv4 route may go through an IPv6 gateway (RFC 8950, `via inet6`); an IPv6 route
+        // cannot go through an IPv4 one.
+        if let (IpNet::V6(_), IpAddr::V4(gateway)) = (prefix, nh.gateway) {
             return Err(format!(
-                "next hop {} is not of the prefix's address family",
-                nh.gateway
+                "next hop {gateway} is an IPv4 address for an IPv6 prefix"
             ));
         }
         hops.push(Hop {
@@ -421,13 +418,17 @@ mod tests {
             prefix: "2001:db8::/48".parse().unwrap(),
             next_hops: vec![nh("192.0.2.0", None)].into(),
         };
+        let v4_via_v6 = LearnedRoute {
+            prefix: "203.0.113.0/25".parse().unwrap(),
+            next_hops: vec![nh("2001:db8:ffff::1", None)].into(),
+        };
         let clash = LearnedRoute {
             prefix: "198.51.100.10/32".parse().unwrap(),
             next_hops: vec![nh("192.0.2.0", None)].into(),
         };
         let d = run(
             vec![ep("a", "tapa", &["198.51.100.10/32"])],
-            vec![good, missing, family, clash],
+            vec![good, missing, family, clash, v4_via_v6],
         );
         let (route, owner) = &d.routes[&key("192.0.2.128/25")];
         assert_eq!(owner, &Owner::Learned("192.0.2.128/25".parse().unwrap()));
@@ -448,6 +449,16 @@ mod tests {
             )
         );
         assert_eq!(route.protocol, 84);
+        assert_eq!(
+            d.routes[&key("203.0.113.0/25")].0.target,
+            RouteTarget::Gateways(
+                vec![Hop {
+                    gateway: "2001:db8:ffff::1".parse().unwrap(),
+                    ifindex: None
+                }]
+                .into()
+            )
+        );
         assert_eq!(d.learned_problems.len(), 3, "{:?}", d.learned_problems);
         assert_eq!(
             d.routes[&key("198.51.100.10/32")].1,

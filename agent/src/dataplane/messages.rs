@@ -15,7 +15,7 @@ use netlink_packet_route::neighbour::{
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteNextHop,
-    RouteProtocol, RouteScope, RouteType,
+    RouteProtocol, RouteScope, RouteType, RouteVia,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -101,8 +101,7 @@ fn route_message(key: &RouteKey, route: &Route, target: Option<Option<u32>>) -> 
         RouteTarget::Device(ifindex) => msg.attributes.push(RouteAttribute::Oif(*ifindex)),
         RouteTarget::Gateways(hops) => match &hops[..] {
             [hop] => {
-                msg.attributes
-                    .push(RouteAttribute::Gateway(hop.gateway.into()));
+                msg.attributes.push(gateway_attribute(key.dst, hop.gateway));
                 if let Some(ifindex) = hop.ifindex {
                     msg.attributes.push(RouteAttribute::Oif(ifindex));
                 }
@@ -113,8 +112,7 @@ fn route_message(key: &RouteKey, route: &Route, target: Option<Option<u32>>) -> 
                     .map(|hop| {
                         let mut nh = RouteNextHop::default();
                         nh.interface_index = hop.ifindex.unwrap_or(0);
-                        nh.attributes
-                            .push(RouteAttribute::Gateway(hop.gateway.into()));
+                        nh.attributes.push(gateway_attribute(key.dst, hop.gateway));
                         nh
                     })
                     .collect();
@@ -123,6 +121,14 @@ fn route_message(key: &RouteKey, route: &Route, target: Option<Option<u32>>) -> 
         },
     }
     msg
+}
+
+/// `RTA_GATEWAY`, or `RTA_VIA` for an IPv6 gateway of an IPv4 route (RFC 8950).
+fn gateway_attribute(dst: IpNet, gateway: IpAddr) -> RouteAttribute {
+    match (dst, gateway) {
+        (IpNet::V4(_), IpAddr::V6(v6)) => RouteAttribute::Via(RouteVia::Inet6(v6)),
+        _ => RouteAttribute::Gateway(gateway.into()),
+    }
 }
 
 fn neigh_message(key: &NeighKey, neigh: Option<&Neigh>) -> NeighbourMessage {
@@ -213,7 +219,7 @@ pub fn route_from_kernel(
             RouteAttribute::Destination(a) => dst = ip_of(a),
             RouteAttribute::Priority(p) => metric = *p,
             RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::Gateway(a) => gateway = ip_of(a),
+            RouteAttribute::Gateway(_) | RouteAttribute::Via(_) => gateway = gateway_of(attr),
             RouteAttribute::MultiPath(hops) => multipath = Some(hops),
             _ => {}
         }
@@ -235,10 +241,7 @@ pub fn route_from_kernel(
             let mut hops: Vec<Hop> = hops
                 .iter()
                 .map(|nh| {
-                    let gateway = nh.attributes.iter().find_map(|a| match a {
-                        RouteAttribute::Gateway(a) => ip_of(a),
-                        _ => None,
-                    })?;
+                    let gateway = nh.attributes.iter().find_map(gateway_of)?;
                     Some(Hop {
                         gateway,
                         ifindex: Some(nh.interface_index),
@@ -254,6 +257,16 @@ pub fn route_from_kernel(
         (None, None, Some(ifindex)) => RouteTarget::Device(ifindex),
     };
     Some((RouteKey { dst, metric }, Route { protocol, target }))
+}
+
+/// The gateway an `RTA_GATEWAY` or `RTA_VIA` names.
+fn gateway_of(attr: &RouteAttribute) -> Option<IpAddr> {
+    match attr {
+        RouteAttribute::Gateway(a) => ip_of(a),
+        RouteAttribute::Via(RouteVia::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        RouteAttribute::Via(RouteVia::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
 }
 
 fn ip_of(addr: &RouteAddress) -> Option<IpAddr> {
@@ -407,6 +420,51 @@ mod tests {
             a,
             RouteAttribute::Destination(_) | RouteAttribute::Priority(_)
         )));
+    }
+
+    #[test]
+    fn ipv4_routes_through_ipv6_gateways_use_rta_via_and_round_trip() {
+        let key = RouteKey {
+            dst: "203.0.113.0/25".parse().unwrap(),
+            metric: 1024,
+        };
+        let v6 = Hop {
+            gateway: "2001:db8:ffff::1".parse().unwrap(),
+            ifindex: Some(3),
+        };
+        let v4 = Hop {
+            gateway: "192.0.2.0".parse().unwrap(),
+            ifindex: Some(2),
+        };
+        for hops in [vec![v6], vec![v4, v6]] {
+            let route = Route {
+                protocol: 84,
+                target: RouteTarget::Gateways(hops.into()),
+            };
+            let request = op_request(
+                &Op::ReplaceRoute(key, route.clone()),
+                &NextHopIds::default(),
+            );
+            let parsed = kernel_route(wire_round_trip(&request));
+            let vias = |attrs: &[RouteAttribute]| {
+                attrs
+                    .iter()
+                    .filter(|a| matches!(a, RouteAttribute::Via(RouteVia::Inet6(_))))
+                    .count()
+            };
+            let nested: usize = parsed
+                .attributes
+                .iter()
+                .map(|a| match a {
+                    RouteAttribute::MultiPath(hops) => {
+                        hops.iter().map(|h| vias(&h.attributes)).sum()
+                    }
+                    _ => 0,
+                })
+                .sum();
+            assert_eq!(vias(&parsed.attributes) + nested, 1, "{parsed:?}");
+            assert_eq!(route_from_kernel(&parsed, &[84], None), Some((key, route)));
+        }
     }
 
     #[test]
