@@ -12,10 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde_json::Value;
 use skog_agent::model::fixtures::{self, Port};
 use skog_testbed::{
-    EchoServer, HvId, ProbeOutcome, Protocol, Testbed, TorDaemon, TorId, VmId, VmSpec, wait_until,
+    EchoServer, HvId, ProbeOutcome, Protocol, Testbed, TorDaemon, TorId, TorOptions, VmId, VmSpec,
+    wait_until,
 };
 
 const SKOGD: &str = env!("CARGO_BIN_EXE_skogd");
@@ -33,8 +35,13 @@ struct Bed {
 
 impl Bed {
     fn new(label: &str, hvs: usize) -> Bed {
+        Bed::with_tor_options(label, hvs, TorOptions::default())
+    }
+
+    fn with_tor_options(label: &str, hvs: usize, options: TorOptions) -> Bed {
         let mut tb = Testbed::new(label).unwrap();
         let tor = tb.add_tor("tor1", TorDaemon::Bird, TOR_ASN).unwrap();
+        tb.set_tor_options(tor, options).unwrap();
         let mut bed = Bed {
             tor,
             hvs: Vec::new(),
@@ -570,6 +577,65 @@ fn etcd_restart_loses_no_packet_and_sighup_changes_only_the_changed_peer() {
     );
     // The restarted skogd serves the API again and has its session back.
     wait_established(&socket0, &["tor1-v4"]);
+}
+
+/// RFC 8950 end to end: one IPv6 session carries IPv4 too. The ToR's IPv4 default route goes
+/// into the hypervisor's kernel `via inet6`, the VM's /32 into the ToR's, and IPv4 packets
+/// flow both ways over them.
+#[test]
+fn ipv4_over_an_ipv6_session_installs_routes_via_inet6_that_carry_packets() {
+    let options = TorOptions {
+        extended_next_hop: true,
+        ..TorOptions::default()
+    };
+    let mut bed = Bed::with_tor_options("skogd_enhe", 1, options);
+    let resources = bed.dir().join("resources");
+    std::fs::create_dir_all(&resources).unwrap();
+    let (_, policy) = web_policy();
+    write_resource(&resources, "sg-web", &policy);
+    write_resource(&resources, "port0", &bed.endpoint(0, &["web"]).value());
+    let datastore = format!(
+        "[datastore]\ntype = \"file\"\npath = \"{}\"",
+        resources.display()
+    );
+    let config = bed.config(0, &datastore, &["tor1-v6"]);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let both = text.replace("families = [\"ipv6\"]", "families = [\"ipv4\", \"ipv6\"]");
+    assert_ne!(text, both);
+    std::fs::write(&config, both).unwrap();
+    let (path, notify) = notify_socket(&bed.dir(), &bed.node(0));
+    bed.start_skogd(0, "skogd", &config, &path);
+    wait_ready(&notify);
+    wait_established(&bed.socket(0), &["tor1-v6"]);
+
+    let hv = bed.tb.hv(bed.hvs[0]).unwrap();
+    let up = hv.uplinks[0].clone();
+    let default: IpNet = "0.0.0.0/0".parse().unwrap();
+    wait_until("the IPv4 default route via inet6", CONVERGE, || {
+        let routes = hv.ns().kernel_routes(false).map_err(|e| e.to_string())?;
+        match routes.iter().find(|r| r.dst == default) {
+            Some(r) if r.protocol == "84" && r.gateways == [IpAddr::from(up.tor_v6)] => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .unwrap();
+    let vm = format!("{}/32", bed.vm_v4(0));
+    wait_until("the VM route at the ToR", CONVERGE, || bed.tor_has(&vm)).unwrap();
+
+    // An address only the default route leads to: the ToR's router id, on its loopback.
+    let tor = bed.tb.tor(bed.tor).unwrap();
+    let far = tor.router_id;
+    tor.ns()
+        .ip(&["addr", "add", &format!("{far}/32"), "dev", "lo"])
+        .unwrap();
+    let vm_ns = bed.tb.vm(bed.vms[0]).unwrap().ns();
+    wait_until("ping from the VM to the ToR's loopback", CONVERGE, || {
+        vm_ns
+            .ping(IpAddr::from(far), 1)
+            .map_err(|e| e.to_string())
+            .and_then(|ok| if ok { Ok(()) } else { Err("no reply".into()) })
+    })
+    .unwrap();
 }
 
 #[test]
