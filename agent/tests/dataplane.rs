@@ -491,7 +491,6 @@ fn ecmp_learned_routes_are_installed_and_replaced_when_next_hops_change() {
 fn ipv4_routes_through_an_ipv6_gateway_are_installed_and_adopted() {
     use skog_agent::dataplane::kernel::{Hop, Route, RouteKey, RouteTarget};
     use skog_agent::dataplane::netlink::Netlink;
-    use skog_agent::dataplane::nexthop::NextHopIds;
     use skog_agent::dataplane::reconcile::Op;
 
     let mut tb = Testbed::new("dp_v4via6").unwrap();
@@ -540,6 +539,7 @@ fn ipv4_routes_through_an_ipv6_gateway_are_installed_and_adopted() {
             metric: 1024,
         },
         Route {
+            nexthop: None,
             protocol: 84,
             target: RouteTarget::Gateways(
                 vec![Hop {
@@ -558,7 +558,7 @@ fn ipv4_routes_through_an_ipv6_gateway_are_installed_and_adopted() {
                 .unwrap();
             rt.block_on(async {
                 let nl = Netlink::open(4, Duration::from_secs(5)).unwrap();
-                let outcomes = nl.apply(&[op], &NextHopIds::default()).await;
+                let outcomes = nl.apply(&[op]).await;
                 outcomes
                     .iter()
                     .map(|o| o.as_ref().map_err(ToString::to_string).copied())
@@ -569,6 +569,117 @@ fn ipv4_routes_through_an_ipv6_gateway_are_installed_and_adopted() {
     assert_eq!(outcomes, [Ok(())]);
     let route = through_v6(named).unwrap();
     assert_eq!(route.nexthop_id, None);
+}
+
+/// One uplink of two going down shrinks the ECMP routes' group in the kernel: the routes stay
+/// and forward through the other uplink (nothing of ours deletes the group, nothing is
+/// rewritten), and when the uplink is back the group gets its member back in place. Routes of
+/// a previous run that name their gateways move onto the group.
+#[test]
+fn an_ecmp_group_survives_an_uplink_going_down_and_is_regrown_in_place() {
+    let mut tb = Testbed::new("dp_regroup").unwrap();
+    let hv = tb.add_hypervisor("hv1", 65001).unwrap();
+    let t1 = tb.add_tor("tor1", TorDaemon::Bird, 65100).unwrap();
+    let t2 = tb.add_tor("tor2", TorDaemon::Bird, 65100).unwrap();
+    let u1 = tb.link(hv, t1).unwrap();
+    let u2 = tb.link(hv, t2).unwrap();
+    let ns = tb.hv(hv).unwrap().ns();
+    // IPv6 addresses stay on a downed link, as on a hypervisor that configures them so.
+    ns.sysctl(
+        &format!("net.ipv6.conf.{}.keep_addr_on_down", u1.hv_if),
+        "1",
+    )
+    .unwrap();
+    let v4: IpNet = "203.0.113.0/25".parse().unwrap();
+    let v6: IpNet = "2001:db8:200::/48".parse().unwrap();
+    // A previous run's route, naming its gateways.
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8:200::/48",
+        "proto",
+        "84",
+        "nexthop",
+        "via",
+        &u1.tor_v6.to_string(),
+        "dev",
+        &u1.hv_if,
+        "nexthop",
+        "via",
+        &u2.tor_v6.to_string(),
+        "dev",
+        &u2.hv_if,
+    ])
+    .unwrap();
+    let p = InNamespace::start(ns, DataplaneConfig::default());
+    block_on(
+        p.handle
+            .set_learned_route(learned_via(v4, [u1.tor_v4.into(), u2.tor_v4.into()])),
+    )
+    .unwrap();
+    block_on(
+        p.handle
+            .set_learned_route(learned_via(v6, [u1.tor_v6.into(), u2.tor_v6.into()])),
+    )
+    .unwrap();
+    p.complete();
+    let route = |v6: bool, dst: IpNet| {
+        ns.kernel_routes(v6)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.dst == dst)
+    };
+    let until = |what: &str, check: &dyn Fn(&KernelRoute) -> bool| {
+        for (is_v6, dst) in [(false, v4), (true, v6)] {
+            wait_until(what, CONVERGE, || match route(is_v6, dst) {
+                Some(r) if check(&r) => Ok(()),
+                other => Err(format!("{other:?}")),
+            })
+            .unwrap();
+        }
+    };
+    until("ECMP through a group", &|r| {
+        r.gateways.len() == 2 && r.nexthop_id.is_some()
+    });
+    let groups = [route(false, v4), route(true, v6)].map(|r| r.unwrap().nexthop_id);
+    let same_group = |r: &KernelRoute| groups.contains(&r.nexthop_id);
+    let writes = p.snapshot().kernel_writes;
+
+    ns.ip(&["link", "set", &u1.hv_if, "down"]).unwrap();
+    until("one gateway left, same group", &|r| {
+        r.gateways.len() == 1 && r.devices == [u2.hv_if.clone()] && same_group(r)
+    });
+    // A full reconcile neither deletes the shrunk group nor rewrites its routes.
+    p.resync();
+    until("still through the shrunk group", &|r| {
+        r.gateways.len() == 1 && same_group(r)
+    });
+    assert_eq!(p.snapshot().kernel_writes, writes);
+
+    ns.ip(&["link", "set", &u1.hv_if, "up"]).unwrap();
+    until("both gateways back, same group", &|r| {
+        r.gateways.len() == 2 && same_group(r)
+    });
+    assert_eq!(p.snapshot().kernel_writes, writes);
+
+    // Someone replaces the IPv6 group by hand with one member: it is put right at once.
+    let group = groups[1].unwrap().to_string();
+    let member = ns
+        .kernel_nexthops()
+        .unwrap()
+        .into_iter()
+        .find(|n| n.id.to_string() == group)
+        .map(|n| n.group[0].to_string())
+        .unwrap();
+    ns.ip(&[
+        "nexthop", "replace", "id", &group, "group", &member, "proto", "84",
+    ])
+    .unwrap();
+    until("both gateways back after a replace by hand", &|r| {
+        r.gateways.len() == 2 && same_group(r)
+    });
+    assert_eq!(p.snapshot().kernel_writes, writes);
 }
 
 #[test]
@@ -716,7 +827,6 @@ fn each_failed_write_of_a_batch_is_reported_on_its_own_operation() {
 
     use skog_agent::dataplane::kernel::{Hop, Route, RouteKey, RouteTarget};
     use skog_agent::dataplane::netlink::Netlink;
-    use skog_agent::dataplane::nexthop::NextHopIds;
     use skog_agent::dataplane::reconcile::Op;
 
     let mut tb = Testbed::new("dp_errors").unwrap();
@@ -727,11 +837,13 @@ fn each_failed_write_of_a_batch_is_reported_on_its_own_operation() {
         metric: 1024,
     };
     let on_lo = Route {
+        nexthop: None,
         protocol: 84,
         target: RouteTarget::Device(ns.ifindex("lo").unwrap()),
     };
     // No route leads to this gateway: the kernel refuses such a route.
     let unreachable = Route {
+        nexthop: None,
         protocol: 84,
         target: RouteTarget::Gateways(Arc::from([Hop {
             gateway: "198.51.100.200".parse().unwrap(),
@@ -768,7 +880,7 @@ fn each_failed_write_of_a_batch_is_reported_on_its_own_operation() {
                 .unwrap();
             rt.block_on(async {
                 let nl = Netlink::open(4, Duration::from_secs(5)).unwrap();
-                let outcomes = nl.apply(&ops, &NextHopIds::default()).await;
+                let outcomes = nl.apply(&ops).await;
                 outcomes.iter().map(Result::is_ok).collect::<Vec<_>>()
             })
         })

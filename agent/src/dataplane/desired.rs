@@ -100,6 +100,7 @@ pub fn compute(
                     metric: cfg.endpoint_metric,
                 };
                 let route = Route {
+                    nexthop: None,
                     protocol: cfg.endpoint_protocol,
                     target: RouteTarget::Device(link.ifindex),
                 };
@@ -236,6 +237,7 @@ fn learned_route(
     hops.sort();
     hops.dedup();
     Ok(Route {
+        nexthop: None,
         protocol: cfg.learned_protocol,
         target: RouteTarget::Gateways(hop_sets.intern(hops)),
     })
@@ -318,6 +320,7 @@ mod tests {
             assert_eq!(
                 route,
                 &Route {
+                    nexthop: None,
                     protocol: 83,
                     target: RouteTarget::Device(10)
                 }

@@ -58,13 +58,32 @@ pub struct Route {
     pub protocol: u8,
     /// Where it goes.
     pub target: RouteTarget,
+    /// The nexthop object a gateway route points at (`RTA_NH_ID`). In the view: the kernel's
+    /// (`None`: the route names its gateways). In the desired state: the object that serves its
+    /// next hops (`None`: none does yet, and any route with those gateways will do).
+    pub nexthop: Option<u32>,
 }
 
 impl Route {
-    /// Whether the kernel's route `actual` is this desired route (no write needed).
+    /// A route with no nexthop object.
+    pub fn new(protocol: u8, target: RouteTarget) -> Route {
+        Route {
+            protocol,
+            target,
+            nexthop: None,
+        }
+    }
+
+    /// Whether the kernel's route `actual` is this desired route (no write needed). A route
+    /// that should point at a nexthop object is satisfied by one that does, whatever the
+    /// object's members are now (keeping them right is the object's business, not the
+    /// route's).
     pub fn satisfied_by(&self, actual: &Route) -> bool {
         if self.protocol != actual.protocol {
             return false;
+        }
+        if self.nexthop.is_some() {
+            return self.nexthop == actual.nexthop;
         }
         match (&self.target, &actual.target) {
             (RouteTarget::Device(want), RouteTarget::Device(have)) => want == have,
@@ -220,36 +239,66 @@ mod tests {
 
     #[test]
     fn gateway_routes_match_with_or_without_a_known_interface() {
-        let want = Route {
-            protocol: 84,
-            target: RouteTarget::Gateways(
-                vec![hop("192.0.2.0", None), hop("192.0.2.2", Some(7))].into(),
-            ),
-        };
-        let have = Route {
-            protocol: 84,
-            target: RouteTarget::Gateways(
+        let want = Route::new(
+            84,
+            RouteTarget::Gateways(vec![hop("192.0.2.0", None), hop("192.0.2.2", Some(7))].into()),
+        );
+        let have = Route::new(
+            84,
+            RouteTarget::Gateways(
                 vec![hop("192.0.2.0", Some(3)), hop("192.0.2.2", Some(7))].into(),
             ),
-        };
+        );
         assert!(want.satisfied_by(&have));
-        let moved = Route {
-            protocol: 84,
-            target: RouteTarget::Gateways(
+        let moved = Route::new(
+            84,
+            RouteTarget::Gateways(
                 vec![hop("192.0.2.0", Some(3)), hop("192.0.2.2", Some(8))].into(),
             ),
-        };
+        );
         assert!(!want.satisfied_by(&moved));
-        let fewer = Route {
-            protocol: 84,
-            target: RouteTarget::Gateways(vec![hop("192.0.2.0", Some(3))].into()),
-        };
+        let fewer = Route::new(
+            84,
+            RouteTarget::Gateways(vec![hop("192.0.2.0", Some(3))].into()),
+        );
         assert!(!want.satisfied_by(&fewer));
         let foreign = Route {
             protocol: 12,
             ..have
         };
         assert!(!want.satisfied_by(&foreign));
+    }
+
+    #[test]
+    fn a_route_meant_for_a_nexthop_object_is_satisfied_only_by_one_pointing_at_it() {
+        let hops: Arc<[Hop]> = vec![hop("192.0.2.0", None), hop("192.0.2.2", None)].into();
+        let want = Route {
+            nexthop: Some(7),
+            ..Route::new(84, RouteTarget::Gateways(Arc::clone(&hops)))
+        };
+        // The object lost a member (an uplink went down): still the route we want.
+        let shrunk = Route {
+            nexthop: Some(7),
+            ..Route::new(
+                84,
+                RouteTarget::Gateways(vec![hop("192.0.2.2", Some(3))].into()),
+            )
+        };
+        assert!(want.satisfied_by(&shrunk));
+        // The same gateways named, or another object: to be rewritten.
+        let named = Route::new(84, RouteTarget::Gateways(Arc::clone(&hops)));
+        assert!(!want.satisfied_by(&named));
+        assert!(!want.satisfied_by(&Route {
+            nexthop: Some(8),
+            ..named.clone()
+        }));
+        // Without an object to point at, any route with those gateways will do (the shrunk
+        // one has fewer).
+        assert!(!named.satisfied_by(&shrunk));
+        assert!(named.satisfied_by(&Route {
+            nexthop: Some(8),
+            ..named.clone()
+        }));
     }
 
     #[test]
@@ -269,17 +318,11 @@ mod tests {
         };
         view.routes.insert(
             key("198.51.100.10/32"),
-            Route {
-                protocol: 83,
-                target: RouteTarget::Device(5),
-            },
+            Route::new(83, RouteTarget::Device(5)),
         );
         view.routes.insert(
             key("198.51.100.11/32"),
-            Route {
-                protocol: 83,
-                target: RouteTarget::Device(6),
-            },
+            Route::new(83, RouteTarget::Device(6)),
         );
         view.neighs.insert(
             NeighKey {

@@ -20,7 +20,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::kernel::{Hop, Link, Neigh, NeighKey, Route, RouteKey, RouteTarget};
-use super::nexthop::{self, NextHopIds, NextHops};
+use super::nexthop::{self, NextHops};
 use super::reconcile::Op;
 use super::types::MacAddr;
 
@@ -44,22 +44,15 @@ fn family_of(ip: IpAddr) -> AddressFamily {
     }
 }
 
-/// The request that performs `op`; a gateway route points at the nexthop object `ids` has for
-/// its next hops, if any.
-pub fn op_request(op: &Op, ids: &NextHopIds) -> Message {
+/// The request that performs `op`.
+pub fn op_request(op: &Op) -> Message {
     match op {
-        Op::ReplaceRoute(key, route) => {
-            let nexthop = match &route.target {
-                RouteTarget::Gateways(hops) => ids.get(&hops[..]).copied(),
-                RouteTarget::Device(_) => None,
-            };
-            with_flags(
-                RouteNetlinkMessage::NewRoute(route_message(key, route, Some(nexthop))),
-                WRITE,
-            )
-        }
+        Op::ReplaceRoute(key, route) => with_flags(
+            RouteNetlinkMessage::NewRoute(route_message(key, route, true)),
+            WRITE,
+        ),
         Op::DeleteRoute(key, route) => with_flags(
-            RouteNetlinkMessage::DelRoute(route_message(key, route, None)),
+            RouteNetlinkMessage::DelRoute(route_message(key, route, false)),
             DELETE,
         ),
         Op::ReplaceNeigh(key, neigh) => with_flags(
@@ -73,10 +66,10 @@ pub fn op_request(op: &Op, ids: &NextHopIds) -> Message {
     }
 }
 
-/// A route message for `key`; with `target`, also where it goes, through the nexthop object
-/// given if any (a delete only needs the key and the protocol, which the kernel checks, so a
-/// foreign route of the same key is never deleted).
-fn route_message(key: &RouteKey, route: &Route, target: Option<Option<u32>>) -> RouteMessage {
+/// A route message for `key`; with `full`, also where it goes: through its nexthop object if it
+/// has one, else to its gateways or device (a delete only needs the key and the protocol, which
+/// the kernel checks, so a foreign route of the same key is never deleted).
+fn route_message(key: &RouteKey, route: &Route, full: bool) -> RouteMessage {
     let mut msg = RouteMessage::default();
     msg.header.address_family = family_of(key.dst.addr());
     msg.header.destination_prefix_length = key.dst.prefix_len();
@@ -90,10 +83,10 @@ fn route_message(key: &RouteKey, route: &Route, target: Option<Option<u32>>) -> 
     msg.attributes
         .push(RouteAttribute::Destination(key.dst.addr().into()));
     msg.attributes.push(RouteAttribute::Priority(key.metric));
-    let Some(nexthop) = target else {
+    if !full {
         return msg;
-    };
-    if let Some(id) = nexthop {
+    }
+    if let (Some(id), RouteTarget::Gateways(_)) = (route.nexthop, &route.target) {
         msg.attributes.push(RouteAttribute::NhId(id));
         return msg;
     }
@@ -256,7 +249,15 @@ pub fn route_from_kernel(
         }
         (None, None, Some(ifindex)) => RouteTarget::Device(ifindex),
     };
-    Some((RouteKey { dst, metric }, Route { protocol, target }))
+    let nexthop = nexthop_id.filter(|_| matches!(target, RouteTarget::Gateways(_)));
+    Some((
+        RouteKey { dst, metric },
+        Route {
+            protocol,
+            target,
+            nexthop,
+        },
+    ))
 }
 
 /// The gateway an `RTA_GATEWAY` or `RTA_VIA` names.
@@ -362,13 +363,11 @@ mod tests {
                 metric: 1024,
             };
             let route = Route {
+                nexthop: None,
                 protocol: 83,
                 target: RouteTarget::Device(7),
             };
-            let req = op_request(
-                &Op::ReplaceRoute(key, route.clone()),
-                &NextHopIds::default(),
-            );
+            let req = op_request(&Op::ReplaceRoute(key, route.clone()));
             assert_eq!(req.header.flags, WRITE);
             let parsed = kernel_route(wire_round_trip(&req));
             assert_eq!(parsed.header.scope, scope);
@@ -401,18 +400,19 @@ mod tests {
             },
         ];
         let route = Route {
+            nexthop: None,
             protocol: 84,
             target: RouteTarget::Gateways(hops.into()),
         };
-        let parsed = kernel_route(wire_round_trip(&op_request(
-            &Op::ReplaceRoute(key, route.clone()),
-            &NextHopIds::default(),
-        )));
+        let parsed = kernel_route(wire_round_trip(&op_request(&Op::ReplaceRoute(
+            key,
+            route.clone(),
+        ))));
         assert_eq!(
             route_from_kernel(&parsed, &[84], None),
             Some((key, route.clone()))
         );
-        let del = op_request(&Op::DeleteRoute(key, route), &NextHopIds::default());
+        let del = op_request(&Op::DeleteRoute(key, route));
         assert_eq!(del.header.flags, DELETE);
         let parsed = kernel_route(wire_round_trip(&del));
         assert_eq!(u8::from(parsed.header.protocol), 84);
@@ -438,13 +438,11 @@ mod tests {
         };
         for hops in [vec![v6], vec![v4, v6]] {
             let route = Route {
+                nexthop: None,
                 protocol: 84,
                 target: RouteTarget::Gateways(hops.into()),
             };
-            let request = op_request(
-                &Op::ReplaceRoute(key, route.clone()),
-                &NextHopIds::default(),
-            );
+            let request = op_request(&Op::ReplaceRoute(key, route.clone()));
             let parsed = kernel_route(wire_round_trip(&request));
             let vias = |attrs: &[RouteAttribute]| {
                 attrs
@@ -478,15 +476,18 @@ mod tests {
             ifindex: None,
         }];
         let route = Route {
-            protocol: 84,
-            target: RouteTarget::Gateways(hops.clone().into()),
+            nexthop: Some(84_000_001),
+            ..Route::new(84, RouteTarget::Gateways(hops.into()))
         };
-        let mut ids = NextHopIds::default();
-        ids.insert(hops.into(), 84_000_001);
-        let parsed = kernel_route(wire_round_trip(&op_request(
-            &Op::ReplaceRoute(key, route),
-            &ids,
-        )));
+        let parsed = kernel_route(wire_round_trip(&op_request(&Op::ReplaceRoute(
+            key,
+            route.clone(),
+        ))));
+        assert_eq!(
+            route_from_kernel(&parsed, &[84], None),
+            None,
+            "no gateway, no objects"
+        );
         assert!(
             parsed
                 .attributes
@@ -514,6 +515,12 @@ mod tests {
             ifindex: Some(3),
         }];
         assert_eq!(read.target, RouteTarget::Gateways(want.into()));
+        assert_eq!(read.nexthop, Some(84_000_001));
+        assert!(route.satisfied_by(&read));
+        assert!(!route.satisfied_by(&Route {
+            nexthop: None,
+            ..read
+        }));
         let (_, foreign) = route_from_kernel(&parsed, &[84], Some(&NextHops::new())).unwrap();
         assert_eq!(foreign.target, RouteTarget::Gateways(Vec::new().into()));
     }
@@ -535,10 +542,7 @@ mod tests {
                 permanent: true,
                 protocol: 83,
             };
-            match wire_round_trip(&op_request(
-                &Op::ReplaceNeigh(key, neigh),
-                &NextHopIds::default(),
-            )) {
+            match wire_round_trip(&op_request(&Op::ReplaceNeigh(key, neigh))) {
                 RouteNetlinkMessage::NewNeighbour(n) => {
                     assert_eq!(neigh_from_kernel(&n), Some((key, neigh)))
                 }

@@ -14,6 +14,7 @@ pub mod kernel;
 pub mod messages;
 pub mod netlink;
 pub mod nexthop;
+pub mod objects;
 pub mod programmer;
 pub mod reconcile;
 pub mod types;

@@ -30,7 +30,7 @@ use socket2::{SockFilter, SockRef};
 use super::desired::Tap;
 use super::kernel::{HopSets, KernelView};
 use super::messages::{self, Message};
-use super::nexthop::{self, NextHop, NextHopIds, NextHopMessage, NextHops};
+use super::nexthop::{self, NextHop, NextHopMessage, NextHops, Write};
 use super::reconcile::Op;
 
 /// Receive buffer of every socket (the kernel doubles it for its bookkeeping).
@@ -43,8 +43,8 @@ const BATCHES_IN_FLIGHT: usize = 4;
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 const ENOBUFS: i32 = 105;
-/// The errno of a nexthop id someone else holds.
-pub const EEXIST: i32 = 17;
+const EEXIST: i32 = 17;
+const EOPNOTSUPP: i32 = 95;
 const ENETUNREACH: i32 = 101;
 const EHOSTUNREACH: i32 = 113;
 
@@ -76,6 +76,9 @@ pub enum NetlinkError {
     /// The kernel refused one write.
     #[error("{0}")]
     Kernel(io::Error),
+    /// A nexthop object id we tried to create is someone else's.
+    #[error("nexthop id {0} is taken")]
+    NextHopIdTaken(u32),
     /// The socket overflowed while writes were answered: whether they were done is unknown.
     #[error("answers lost (netlink socket overrun)")]
     AnswersLost,
@@ -98,42 +101,39 @@ fn kernel_error(code: NonZeroI32) -> io::Error {
 /// messages).
 #[derive(Debug, Clone)]
 pub struct Netlink {
-    requests: RouteSocket,
+    requests: Connection<RouteNetlinkMessage>,
+    /// Where netlink-proto puts the request socket's answers nobody waits for: the errors of
+    /// the messages of a batch other than its last (see [`apply_batch`]).
+    unanswered: Arc<Mutex<Unanswered<RouteNetlinkMessage>>>,
     nexthops: Connection<NextHopMessage>,
     batch_size: usize,
     timeout: Duration,
 }
 
 /// A netlink-proto connection, served by its own task.
-#[derive(Debug)]
-struct Connection<T: std::fmt::Debug> {
+#[derive(Debug, Clone)]
+struct Connection<T: std::fmt::Debug + Clone> {
     handle: ConnectionHandle<T>,
     /// The socket's netlink port id, which the kernel puts in the notifications of our writes.
     port: u32,
-    /// Where netlink-proto puts answers it was not asked to wait for.
-    unanswered: Arc<Mutex<Unanswered<T>>>,
 }
 
 /// netlink-proto's stream of answers nobody waits for.
 type Unanswered<T> = UnboundedReceiver<(NetlinkMessage<T>, SocketAddr)>;
 
-impl<T: std::fmt::Debug + Clone> Clone for Connection<T> {
-    fn clone(&self) -> Self {
-        Connection {
-            handle: self.handle.clone(),
-            port: self.port,
-            unanswered: Arc::clone(&self.unanswered),
-        }
-    }
-}
-
 impl<T> Connection<T>
 where
-    T: std::fmt::Debug + NetlinkSerializable + NetlinkDeserializable + Unpin + Send + 'static,
+    T: std::fmt::Debug
+        + Clone
+        + NetlinkSerializable
+        + NetlinkDeserializable
+        + Unpin
+        + Send
+        + 'static,
 {
     /// Opens the socket in the calling thread's namespace and spawns its connection task on
-    /// the current tokio runtime.
-    fn open() -> Result<Connection<T>, NetlinkError> {
+    /// the current tokio runtime; returns it with the stream of answers nobody waits for.
+    fn open() -> Result<(Connection<T>, Unanswered<T>), NetlinkError> {
         let (mut conn, handle, unanswered) =
             netlink_proto::new_connection::<T>(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
         let socket = conn.socket_mut().socket_mut();
@@ -148,11 +148,7 @@ where
             .port_number();
         conn.set_forward_ack(true);
         tokio::spawn(conn);
-        Ok(Connection {
-            handle,
-            port,
-            unanswered: Arc::new(Mutex::new(unanswered)),
-        })
+        Ok((Connection { handle, port }, unanswered))
     }
 
     /// Sends a request (a dump, or a single request that asks for an acknowledgement) and hands
@@ -193,11 +189,8 @@ where
     }
 }
 
-/// The request socket for routes, neighbours and links.
-type RouteSocket = Connection<RouteNetlinkMessage>;
-
-impl RouteSocket {
-    /// Takes the errors waiting for messages of these batches (sent on this socket and
+impl Netlink {
+    /// Takes the errors waiting for messages of these batches (sent on the request socket and
     /// answered) and puts them in the batches' outcomes.
     fn collect_errors(&self, batches: &mut [Batch]) {
         let mut unanswered = self
@@ -235,9 +228,14 @@ impl Netlink {
     /// Opens the sockets in the calling thread's namespace and spawns their connection tasks
     /// on the current tokio runtime.
     pub fn open(batch_size: usize, timeout: Duration) -> Result<Netlink, NetlinkError> {
+        let (requests, unanswered) = Connection::open()?;
+        // Nothing unasked comes on the nexthop socket (it joins no group): netlink-proto
+        // drops what would.
+        let (nexthops, _) = Connection::open()?;
         Ok(Netlink {
-            requests: RouteSocket::open()?,
-            nexthops: Connection::open()?,
+            requests,
+            unanswered: Arc::new(Mutex::new(unanswered)),
+            nexthops,
             batch_size: batch_size.max(1),
             timeout,
         })
@@ -248,9 +246,9 @@ impl Netlink {
         [self.requests.port, self.nexthops.port]
     }
 
-    /// Our nexthop objects (protocol `protocol`); `None` when the kernel has none to dump
-    /// (before Linux 5.3).
-    async fn read_nexthops(&self, protocol: u8) -> Option<NextHops> {
+    /// Our nexthop objects (protocol `protocol`); `None` when the kernel has none (before
+    /// Linux 5.3).
+    async fn read_nexthops(&self, protocol: u8) -> Result<Option<NextHops>, NetlinkError> {
         let mut objects = NextHops::new();
         let dumped = self
             .nexthops
@@ -268,25 +266,36 @@ impl Netlink {
             )
             .await;
         match dumped {
-            Ok(()) => Some(objects),
-            Err(e) => {
-                tracing::info!("no nexthop objects ({e}): learned routes name their gateways");
-                None
+            Ok(()) => Ok(Some(objects)),
+            Err(NetlinkError::Refused { source, .. })
+                if source.raw_os_error() == Some(EOPNOTSUPP) =>
+            {
+                Ok(None)
             }
+            Err(e) => Err(e),
         }
     }
 
-    /// Creates nexthop object `id`; fails if the id is taken.
-    pub async fn create_nexthop(
+    /// Creates nexthop object `id` (failing with [`NetlinkError::NextHopIdTaken`] if the id
+    /// is someone else's), or replaces it.
+    pub async fn write_nexthop(
         &self,
         id: u32,
         protocol: u8,
         object: &NextHop,
+        write: Write,
     ) -> Result<(), NetlinkError> {
-        let request = NextHopMessage::create(id, protocol, object);
-        self.nexthops
-            .converse("a new nexthop object", request, self.timeout, drop)
+        let request = NextHopMessage::write(id, protocol, object, write);
+        match self
+            .nexthops
+            .converse("a nexthop object", request, self.timeout, drop)
             .await
+        {
+            Err(NetlinkError::Refused { source, .. }) if source.raw_os_error() == Some(EEXIST) => {
+                Err(NetlinkError::NextHopIdTaken(id))
+            }
+            outcome => outcome,
+        }
     }
 
     /// Deletes nexthop object `id` (and, in the kernel, every route that points at it).
@@ -350,7 +359,7 @@ impl Netlink {
         }
     }
 
-    /// Runs a dump on the first request socket.
+    /// Runs a dump on the request socket.
     async fn dump(
         &self,
         what: &'static str,
@@ -372,7 +381,7 @@ impl Netlink {
         hop_sets: &mut HopSets,
     ) -> Result<KernelView, NetlinkError> {
         let mut view = KernelView {
-            nexthops: self.read_nexthops(nexthop_protocol).await,
+            nexthops: self.read_nexthops(nexthop_protocol).await?,
             ..KernelView::default()
         };
         self.dump("a link dump", messages::dump_links(), |msg| {
@@ -412,12 +421,11 @@ impl Netlink {
         Ok(view)
     }
 
-    /// Sends `ops` in pipelined batches, gateway routes pointing at the nexthop objects `ids`
-    /// names; returns one outcome per operation, in order. A delete
+    /// Sends `ops` in pipelined batches; returns one outcome per operation, in order. A delete
     /// of something already gone succeeds. Calls must not overlap: the errors of a call's
     /// batches are collected from a stream all calls share (the programmer makes one call at
     /// a time).
-    pub async fn apply(&self, ops: &[Op], ids: &NextHopIds) -> Vec<Result<(), NetlinkError>> {
+    pub async fn apply(&self, ops: &[Op]) -> Vec<Result<(), NetlinkError>> {
         // Requests are built a batch at a time, as batches go out: a large apply (100,000
         // learned routes) never holds every message at once.
         let mut chunks = ops.chunks(self.batch_size);
@@ -428,10 +436,7 @@ impl Netlink {
                 let Some(chunk) = chunks.next() else {
                     break;
                 };
-                let requests = chunk
-                    .iter()
-                    .map(|op| messages::op_request(op, ids))
-                    .collect();
+                let requests = chunk.iter().map(messages::op_request).collect();
                 let deletes = chunk.iter().map(is_delete).collect();
                 let handle = self.requests.handle.clone();
                 in_flight.push_back(apply_batch(handle, requests, deletes, self.timeout));
@@ -442,7 +447,7 @@ impl Netlink {
             }
         }
         // Every batch is answered, so the errors of its other messages are waiting already.
-        self.requests.collect_errors(&mut batches);
+        self.collect_errors(&mut batches);
         batches.into_iter().flat_map(|b| b.outcomes).collect()
     }
 }
@@ -582,7 +587,15 @@ fn echo_filter(ports: &[u32]) -> Vec<Insn> {
 pub enum Event {
     /// A link, route or neighbour changed.
     Changed(RouteNetlinkMessage),
-    /// A nexthop object was deleted (with the routes that pointed at it).
+    /// A nexthop object was created or replaced: what it is now (`None`: not of a kind we
+    /// write).
+    NextHopChanged {
+        /// Its id.
+        id: u32,
+        /// Its content.
+        object: Option<NextHop>,
+    },
+    /// A nexthop object was deleted, and with it the routes that pointed at it.
     NextHopDeleted(u32),
     /// The socket's buffer overflowed and notifications were lost: only a resync is safe.
     Overrun,
@@ -723,17 +736,22 @@ impl Events {
             let bytes = rest.get(..len);
             // Messages in a datagram are 4-byte aligned.
             self.at += len.max(1).next_multiple_of(4);
-            if echo || kind == nexthop::RTM_NEWNEXTHOP {
+            if echo {
                 continue;
             }
-            if kind == nexthop::RTM_DELNEXTHOP {
-                let deleted =
-                    bytes.and_then(|b| NetlinkMessage::<NextHopMessage>::deserialize(b).ok());
-                match deleted.and_then(|msg| match msg.payload {
-                    NetlinkPayload::InnerMessage(inner) => inner.id(),
-                    _ => None,
-                }) {
-                    Some(id) => return Some(Event::NextHopDeleted(id)),
+            if kind == nexthop::RTM_NEWNEXTHOP || kind == nexthop::RTM_DELNEXTHOP {
+                let decoded = bytes
+                    .and_then(|b| NetlinkMessage::<NextHopMessage>::deserialize(b).ok())
+                    .and_then(|msg| match msg.payload {
+                        NetlinkPayload::InnerMessage(inner) => Some(inner),
+                        _ => None,
+                    });
+                match decoded.as_ref().and_then(|msg| Some((msg.id()?, msg))) {
+                    Some((id, msg)) if kind == nexthop::RTM_NEWNEXTHOP => {
+                        let object = msg.next_hop();
+                        return Some(Event::NextHopChanged { id, object });
+                    }
+                    Some((id, _)) => return Some(Event::NextHopDeleted(id)),
                     None => {
                         tracing::warn!("undecodable nexthop notification");
                         continue;

@@ -1,20 +1,22 @@
 //! Kernel nexthop objects (`ip nexthop`, Linux 5.3 and later) for learned routes: one object per
-//! gateway and one group per ECMP set, which every learned route with those next hops points at
-//! (`RTA_NH_ID`). Such a route costs the kernel no gateway validation and no per-CPU route cache
-//! of its own, so 100,000 routes go in about a third faster (docs/decisions.md).
+//! gateway, and one group per set of several next hops, which every learned route with that set
+//! points at (`RTA_NH_ID`). Such a route costs the kernel no gateway validation and no per-CPU
+//! route cache of its own, so 100,000 routes go in about a third faster (docs/decisions.md). A
+//! group keeps its id while its members change (an uplink going down, and back): the kernel
+//! shrinks it, we grow it back in place, and the routes are never rewritten for that.
 //!
 //! This module is the pure part: the messages (netlink-packet-route has none for nexthops, so
 //! they are encoded and decoded here, for a netlink-proto connection of their own), and the
-//! rules that find the object for a set of next hops, plan the objects a new set needs, and
-//! tell which objects no route uses any more. Objects carry the learned-route protocol, have ids
-//! from a range of their own (`protocol × 1,000,000` up, so `ip nexthop` shows whose they are),
-//! and are adopted on start like routes.
+//! rules that find the object serving a set of next hops, pick free ids, and tell which objects
+//! no route points at any more. Objects carry the learned-route protocol, have ids from a range
+//! of their own (`protocol × 1,000,000` up, so `ip nexthop` shows whose they are), and are
+//! adopted on start like routes.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_core::{
-    DecodeError, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+    DecodeError, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
     NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
     NlasIterator,
 };
@@ -32,8 +34,11 @@ pub const RTNLGRP_NEXTHOP: u32 = 32;
 
 const NHA_ID: u16 = 1;
 const NHA_GROUP: u16 = 2;
+const NHA_GROUP_TYPE: u16 = 3;
 const NHA_OIF: u16 = 5;
 const NHA_GATEWAY: u16 = 6;
+const NHA_ENCAP_TYPE: u16 = 7;
+const NHA_FDB: u16 = 11;
 
 const AF_UNSPEC: u8 = 0;
 const AF_INET: u8 = 2;
@@ -67,6 +72,15 @@ pub type NextHops = BTreeMap<u32, NextHop>;
 /// Which object routes with a given (desired) set of next hops point at.
 pub type NextHopIds = HashMap<Box<[Hop]>, u32>;
 
+/// How a write treats an object that exists already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// Fail if the id is taken.
+    Create,
+    /// Replace it (a group's members change in place; the routes that point at it stay).
+    Replace,
+}
+
 /// A nexthop-family netlink message: a request, or what the kernel sends back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NextHopMessage {
@@ -81,8 +95,13 @@ pub struct NextHopMessage {
 }
 
 impl NextHopMessage {
-    /// The request that creates object `id` (failing if the id is taken).
-    pub fn create(id: u32, protocol: u8, next_hop: &NextHop) -> NetlinkMessage<NextHopMessage> {
+    /// The request that creates or replaces object `id`.
+    pub fn write(
+        id: u32,
+        protocol: u8,
+        next_hop: &NextHop,
+        write: Write,
+    ) -> NetlinkMessage<NextHopMessage> {
         let mut attributes = vec![(NHA_ID, id.to_ne_bytes().to_vec())];
         let family = match next_hop {
             NextHop::Gateway { gateway, ifindex } => {
@@ -110,7 +129,11 @@ impl NextHopMessage {
             protocol,
             attributes,
         };
-        request(msg, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
+        let existing = match write {
+            Write::Create => NLM_F_EXCL,
+            Write::Replace => NLM_F_REPLACE,
+        };
+        request(msg, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | existing)
     }
 
     /// The request that deletes object `id`.
@@ -140,10 +163,25 @@ impl NextHopMessage {
         self.attribute(NHA_ID).and_then(u32_of)
     }
 
-    /// The object this message describes, if it is a gateway or a group (not a blackhole, an
-    /// FDB entry, a resilient group or anything else).
+    /// The object this message describes, if it is a gateway or an equal-cost group of the
+    /// kind we write (not a blackhole, an FDB entry, an encapsulation, a resilient or weighted
+    /// group, or anything else).
     pub fn next_hop(&self) -> Option<NextHop> {
+        let plain = [NHA_FDB, NHA_ENCAP_TYPE]
+            .iter()
+            .all(|kind| self.attribute(*kind).is_none())
+            && self.attribute(NHA_GROUP_TYPE).is_none_or(|t| t == [0, 0]);
+        if !plain {
+            return None;
+        }
         if let Some(entries) = self.attribute(NHA_GROUP) {
+            // struct nexthop_grp: id, weight - 1 (ours are all 0), reserved.
+            if entries
+                .chunks(GROUP_ENTRY_LEN)
+                .any(|e| e.get(4..6) != Some(&[0, 0][..]))
+            {
+                return None;
+            }
             let mut members: Vec<u32> = entries
                 .chunks(GROUP_ENTRY_LEN)
                 .map(|entry| entry.get(..4).and_then(u32_of))
@@ -238,111 +276,73 @@ impl NetlinkDeserializable for NextHopMessage {
     }
 }
 
-/// The object of ours that serves `hops` (a route's desired next hops, sorted): a gateway object
-/// for one hop, a group of them for several. A hop without an interface matches an object for
-/// that gateway on any interface.
-pub fn find(objects: &NextHops, hops: &[Hop]) -> Option<u32> {
+/// Whether object `id` serves `hops` (a route's desired next hops, sorted): a gateway object
+/// for one hop, a group with one member per hop for several. A hop without an interface
+/// matches a gateway object for that gateway on any interface.
+pub fn serves(objects: &NextHops, id: u32, hops: &[Hop]) -> bool {
     let matches = |hop: &Hop, object: &NextHop| match object {
         NextHop::Gateway { gateway, ifindex } => {
             hop.gateway == *gateway && hop.ifindex.is_none_or(|i| i == *ifindex)
         }
         NextHop::Group(_) => false,
     };
-    if let [hop] = hops {
-        return objects
-            .iter()
-            .find_map(|(id, object)| matches(hop, object).then_some(*id));
-    }
-    objects.iter().find_map(|(id, object)| {
-        let NextHop::Group(members) = object else {
-            return None;
-        };
-        let mut gateways: Vec<&NextHop> = members
-            .iter()
-            .map(|m| objects.get(m))
-            .collect::<Option<_>>()?;
-        gateways.sort();
-        let all = members.len() == hops.len()
-            && hops.iter().all(|hop| {
-                // Each hop takes one member of its own.
-                match gateways.iter().position(|g| matches(hop, g)) {
-                    Some(at) => {
-                        gateways.remove(at);
-                        true
-                    }
-                    None => false,
-                }
-            });
-        all.then_some(*id)
-    })
-}
-
-/// The objects to create, in order, so that a set of hops with these (resolved) gateways and
-/// interfaces has one: the gateway objects it lacks, then the group when there are several.
-/// Returns them with the id routes should point at. New ids are the lowest free ones of the
-/// protocol's range, skipping `taken` (ids found to belong to someone else).
-pub fn plan_objects(
-    objects: &NextHops,
-    resolved: &[(IpAddr, u32)],
-    protocol: u8,
-    taken: &HashSet<u32>,
-) -> (Vec<(u32, NextHop)>, u32) {
-    let first = u32::from(protocol) * ID_BLOCK + 1;
-    let mut planned: Vec<(u32, NextHop)> = Vec::new();
-    let mut next_id = first;
-    let mut fresh_id = |planned: &[(u32, NextHop)]| {
-        while objects.contains_key(&next_id)
-            || taken.contains(&next_id)
-            || planned.iter().any(|(id, _)| *id == next_id)
-        {
-            next_id += 1;
+    match (objects.get(&id), hops) {
+        (None, _) | (_, []) => false,
+        (Some(object), [hop]) => matches(hop, object),
+        (Some(NextHop::Group(members)), hops) => {
+            let Some(mut gateways) = members
+                .iter()
+                .map(|m| objects.get(m))
+                .collect::<Option<Vec<_>>>()
+            else {
+                return false;
+            };
+            // Each hop takes a member of its own.
+            members.len() == hops.len()
+                && hops
+                    .iter()
+                    .all(|hop| match gateways.iter().position(|g| matches(hop, g)) {
+                        Some(at) => {
+                            gateways.swap_remove(at);
+                            true
+                        }
+                        None => false,
+                    })
         }
-        next_id
-    };
-    let mut members = Vec::new();
-    for &(gateway, ifindex) in resolved {
-        let object = NextHop::Gateway { gateway, ifindex };
-        let known = objects
-            .iter()
-            .chain(planned.iter().map(|(id, o)| (id, o)))
-            .find_map(|(id, o)| (*o == object).then_some(*id));
-        let id = match known {
-            Some(id) => id,
-            None => {
-                let id = fresh_id(&planned);
-                planned.push((id, object));
-                id
-            }
-        };
-        members.push(id);
+        (Some(NextHop::Gateway { .. }), _) => false,
     }
-    members.sort_unstable();
-    members.dedup();
-    if let [single] = members[..] {
-        return (planned, single);
-    }
-    let group = NextHop::Group(members);
-    if let Some(id) = objects
-        .iter()
-        .find_map(|(id, o)| (*o == group).then_some(*id))
-    {
-        return (planned, id);
-    }
-    let id = fresh_id(&planned);
-    planned.push((id, group));
-    (planned, id)
 }
 
-/// Our objects that no set in `used` (the next hops of every route of ours, desired or in the
-/// kernel) is served by, groups before gateways (a gateway object in a group cannot go first).
-pub fn unused<'a>(objects: &NextHops, used: impl IntoIterator<Item = &'a [Hop]>) -> Vec<u32> {
-    let mut keep = HashSet::default();
-    for hops in used {
-        if let Some(id) = find(objects, hops) {
-            keep.insert(id);
-            if let Some(NextHop::Group(members)) = objects.get(&id) {
-                keep.extend(members.iter().copied());
-            }
+/// The object of ours that serves `hops` (see [`serves`]), the lowest id if several do.
+pub fn find(objects: &NextHops, hops: &[Hop]) -> Option<u32> {
+    objects
+        .keys()
+        .copied()
+        .find(|id| serves(objects, *id, hops))
+}
+
+/// Our object for exactly this gateway and interface.
+pub fn gateway_object(objects: &NextHops, gateway: IpAddr, ifindex: u32) -> Option<u32> {
+    let want = NextHop::Gateway { gateway, ifindex };
+    objects
+        .iter()
+        .find_map(|(id, o)| (*o == want).then_some(*id))
+}
+
+/// The lowest id of the protocol's range that is neither ours already nor `taken` (found to
+/// belong to someone else); `None` when the range is full.
+pub fn free_id(objects: &NextHops, taken: &HashSet<u32>, protocol: u8) -> Option<u32> {
+    let first = u32::from(protocol) * ID_BLOCK + 1;
+    (first..first + ID_BLOCK - 1).find(|id| !objects.contains_key(id) && !taken.contains(id))
+}
+
+/// Our objects that none of `used` (the ids routes of ours point at, desired or in the kernel)
+/// needs, groups before gateways (a gateway object still in a group cannot go first).
+pub fn unused(objects: &NextHops, used: &HashSet<u32>) -> Vec<u32> {
+    let mut keep = used.clone();
+    for id in used {
+        if let Some(NextHop::Group(members)) = objects.get(id) {
+            keep.extend(members.iter().copied());
         }
     }
     let mut gone: Vec<(bool, u32)> = objects
@@ -413,7 +413,12 @@ mod tests {
             gw("192.0.2.0", 4),
             NextHop::Group(vec![84_000_001, 84_000_002]),
         ] {
-            let msg = round_trip(&NextHopMessage::create(84_000_007, 84, &object));
+            let msg = round_trip(&NextHopMessage::write(
+                84_000_007,
+                84,
+                &object,
+                Write::Create,
+            ));
             assert_eq!(msg.message_type, RTM_NEWNEXTHOP);
             assert_eq!(msg.protocol, 84);
             assert_eq!(msg.id(), Some(84_000_007));
@@ -424,11 +429,18 @@ mod tests {
             (del.message_type, del.id(), del.next_hop()),
             (RTM_DELNEXTHOP, Some(9), None)
         );
-        assert_eq!(
-            NextHopMessage::create(1, 84, &gw("192.0.2.0", 4))
+        let flags = |write| {
+            NextHopMessage::write(1, 84, &gw("192.0.2.0", 4), write)
                 .header
-                .flags,
+                .flags
+        };
+        assert_eq!(
+            flags(Write::Create),
             NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+        );
+        assert_eq!(
+            flags(Write::Replace),
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
         );
     }
 
@@ -470,9 +482,14 @@ mod tests {
             state.wrapping_mul(0x2545_f491_4f6c_dd1d)
         };
         let seeds: Vec<Vec<u8>> = [
-            NextHopMessage::create(84_000_001, 84, &gw("2001:db8:ffff::1", 3)),
-            NextHopMessage::create(84_000_002, 84, &gw("192.0.2.0", 4)),
-            NextHopMessage::create(84_000_003, 84, &NextHop::Group(vec![1, 2, 3])),
+            NextHopMessage::write(84_000_001, 84, &gw("2001:db8:ffff::1", 3), Write::Create),
+            NextHopMessage::write(84_000_002, 84, &gw("192.0.2.0", 4), Write::Create),
+            NextHopMessage::write(
+                84_000_003,
+                84,
+                &NextHop::Group(vec![1, 2, 3]),
+                Write::Create,
+            ),
             NextHopMessage::delete(5),
         ]
         .iter()
@@ -507,6 +524,35 @@ mod tests {
     }
 
     #[test]
+    fn objects_of_kinds_we_do_not_write_are_not_read_as_ours() {
+        let group = |attributes: Vec<(u16, Vec<u8>)>| NextHopMessage {
+            message_type: RTM_NEWNEXTHOP,
+            family: AF_UNSPEC,
+            protocol: 84,
+            attributes,
+        };
+        let entry = |id: u32, weight: u8| {
+            let mut e = id.to_ne_bytes().to_vec();
+            e.extend([weight, 0, 0, 0]);
+            e
+        };
+        let plain = group(vec![(NHA_GROUP, [entry(1, 0), entry(2, 0)].concat())]);
+        assert_eq!(plain.next_hop(), Some(NextHop::Group(vec![1, 2])));
+        let weighted = group(vec![(NHA_GROUP, [entry(1, 0), entry(2, 4)].concat())]);
+        assert_eq!(weighted.next_hop(), None);
+        let resilient = group(vec![
+            (NHA_GROUP, entry(1, 0)),
+            (NHA_GROUP_TYPE, 1u16.to_ne_bytes().to_vec()),
+        ]);
+        assert_eq!(resilient.next_hop(), None);
+        let mut fdb = NextHopMessage::write(5, 84, &gw("192.0.2.0", 4), Write::Create).payload;
+        if let NetlinkPayload::InnerMessage(msg) = &mut fdb {
+            msg.attributes.push((NHA_FDB, vec![]));
+            assert_eq!(msg.next_hop(), None);
+        }
+    }
+
+    #[test]
     fn a_set_finds_its_gateway_or_group_with_or_without_a_known_interface() {
         let objects: NextHops = [
             (1, gw("2001:db8:ffff::1", 3)),
@@ -522,45 +568,29 @@ mod tests {
         let other = [hop("2001:db8:fffe::1", None), hop("2001:db8:fffd::1", None)];
         assert_eq!(find(&objects, &other), None);
         assert_eq!(find(&objects, &[]), None);
+        // A group shrunk by the kernel no longer serves the set (it is grown back in place).
+        let shrunk: NextHops =
+            [(2, gw("2001:db8:fffe::1", 4)), (3, NextHop::Group(vec![2]))].into();
+        assert!(!serves(&shrunk, 3, &both));
+        assert!(serves(&objects, 3, &both));
     }
 
     #[test]
-    fn new_sets_get_the_objects_they_lack_with_free_ids_of_the_range() {
-        let mut objects = NextHops::new();
-        let (plan, id) = plan_objects(
-            &objects,
-            &[("2001:db8:ffff::1".parse().unwrap(), 3)],
-            84,
-            &HashSet::default(),
-        );
-        assert_eq!(plan, [(84_000_001, gw("2001:db8:ffff::1", 3))]);
-        assert_eq!(id, 84_000_001);
-        objects.extend(plan);
-        // A second ToR: its gateway and the group; the id someone else holds is skipped.
-        let taken = [84_000_002].into_iter().collect();
-        let resolved = [
-            ("2001:db8:ffff::1".parse().unwrap(), 3),
-            ("2001:db8:fffe::1".parse().unwrap(), 4),
-        ];
-        let (plan, id) = plan_objects(&objects, &resolved, 84, &taken);
+    fn gateway_objects_are_found_exactly_and_new_ids_are_the_lowest_free_of_the_range() {
+        let objects: NextHops = [(84_000_001, gw("2001:db8:ffff::1", 3))].into();
+        let v6 = "2001:db8:ffff::1".parse().unwrap();
+        assert_eq!(gateway_object(&objects, v6, 3), Some(84_000_001));
+        assert_eq!(gateway_object(&objects, v6, 4), None);
+        let taken: HashSet<u32> = [84_000_002].into_iter().collect();
+        assert_eq!(free_id(&objects, &taken, 84), Some(84_000_003));
         assert_eq!(
-            plan,
-            [
-                (84_000_003, gw("2001:db8:fffe::1", 4)),
-                (84_000_004, NextHop::Group(vec![84_000_001, 84_000_003])),
-            ]
-        );
-        assert_eq!(id, 84_000_004);
-        objects.extend(plan);
-        // Everything exists: nothing to create.
-        assert_eq!(
-            plan_objects(&objects, &resolved, 84, &taken),
-            (vec![], 84_000_004)
+            free_id(&NextHops::new(), &HashSet::default(), 84),
+            Some(84_000_001)
         );
     }
 
     #[test]
-    fn unused_objects_are_the_ones_no_route_set_finds_groups_first() {
+    fn unused_objects_are_the_ones_no_route_points_at_groups_first() {
         let objects: NextHops = [
             (1, gw("2001:db8:ffff::1", 3)),
             (2, gw("2001:db8:fffe::1", 4)),
@@ -568,11 +598,15 @@ mod tests {
             (4, gw("2001:db8:fffd::1", 5)),
         ]
         .into();
-        let group = [hop("2001:db8:fffe::1", None), hop("2001:db8:ffff::1", None)];
-        assert_eq!(unused(&objects, [&group[..]]), [4]);
-        let single = [hop("2001:db8:ffff::1", None)];
-        assert_eq!(unused(&objects, [&single[..]]), [3, 2, 4]);
-        assert_eq!(unused(&objects, []), [3, 1, 2, 4]);
+        let used = |ids: &[u32]| ids.iter().copied().collect::<HashSet<u32>>();
+        // A group keeps its members.
+        assert_eq!(unused(&objects, &used(&[3])), [4]);
+        assert_eq!(unused(&objects, &used(&[1])), [3, 2, 4]);
+        assert_eq!(unused(&objects, &used(&[])), [3, 1, 2, 4]);
+        // A group the kernel shrank to one member is still the one routes point at.
+        let shrunk: NextHops =
+            [(2, gw("2001:db8:fffe::1", 4)), (3, NextHop::Group(vec![2]))].into();
+        assert!(unused(&shrunk, &used(&[3])).is_empty());
     }
 
     #[test]

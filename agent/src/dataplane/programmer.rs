@@ -15,8 +15,8 @@ use super::HashSet;
 use super::desired::{self, Desired, Owner};
 use super::kernel::{Hop, HopSets, KernelView, Route, RouteKey, RouteTarget};
 use super::messages;
-use super::netlink::{self, EEXIST, Event, Events, Netlink, NetlinkError};
-use super::nexthop::{self, NextHopIds};
+use super::netlink::{self, Event, Events, Netlink, NetlinkError};
+use super::objects::NextHopKeeper;
 use super::reconcile::{self, Complete, Op, Ownership};
 use super::types::{
     DataplaneConfig, DesiredEndpoint, EndpointStatus, LearnedRoute, LearnedRoutes, ProgrammedRoute,
@@ -25,10 +25,6 @@ use super::types::{
 
 /// Commands queued before the task applies back-pressure.
 const COMMAND_QUEUE: usize = 4096;
-
-/// Attempts at finding free ids for a new set's nexthop objects (each attempt skips the ids
-/// found taken by someone else).
-const NEXTHOP_ID_ATTEMPTS: usize = 8;
 
 /// The most learned routes one incremental reconcile takes: a table of 100,000 is written in
 /// rounds, between which kernel events and queries are taken, and memory stays bounded.
@@ -187,6 +183,7 @@ impl Programmer {
             .read_kernel(&own.route_protocols, cfg.learned_protocol, &mut hop_sets)
             .await?;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let nexthops = NextHopKeeper::new(cfg.learned_protocol);
         let task = Task {
             cfg,
             own,
@@ -208,9 +205,7 @@ impl Programmer {
             dirty_learned: BTreeSet::new(),
             dirty_routes: HashSet::default(),
             hop_sets,
-            nexthop_ids: Arc::default(),
-            nexthop_ids_taken: HashSet::default(),
-            nexthop_failed: HashSet::default(),
+            nexthops,
             withdrawn: HashSet::default(),
             next_round: None,
             resync_due: false,
@@ -269,14 +264,8 @@ struct Task {
     dirty_routes: HashSet<RouteKey>,
     /// The shared next-hop sets of the desired state and the view.
     hop_sets: HopSets,
-    /// The nexthop object each set of next hops written so far points at (shared with the
-    /// write tasks).
-    nexthop_ids: Arc<NextHopIds>,
-    /// Nexthop ids found to belong to someone else.
-    nexthop_ids_taken: HashSet<u32>,
-    /// Sets that could not have a nexthop object (logged; written with their gateways named)
-    /// until the next resync.
-    nexthop_failed: HashSet<Box<[Hop]>>,
+    /// Which nexthop object serves each set of next hops of learned routes.
+    nexthops: NextHopKeeper,
     /// Learned routes this run installed and BGP then withdrew before it converged: they go
     /// at once, unlike the ones a previous run left.
     withdrawn: HashSet<RouteKey>,
@@ -394,10 +383,22 @@ impl Task {
                 self.resync_due = true;
                 return;
             }
+            Event::NextHopChanged { id, object } => {
+                // Someone replaced an object of ours: the routes pointing at it follow it.
+                let ours = self.view.nexthops.as_ref().and_then(|o| o.get(&id));
+                if ours.is_some_and(|current| object.as_ref() != Some(current)) {
+                    tracing::warn!("nexthop object {id} was changed; full resync");
+                    self.resync_due = true;
+                }
+                return;
+            }
             Event::NextHopDeleted(id) => {
                 // Someone deleted an object of ours, and the kernel the routes pointing at it.
-                if let Some(objects) = &mut self.view.nexthops
-                    && objects.remove(&id).is_some()
+                if self
+                    .view
+                    .nexthops
+                    .as_ref()
+                    .is_some_and(|o| o.contains_key(&id))
                 {
                     tracing::warn!("nexthop object {id} was deleted; full resync");
                     self.resync_due = true;
@@ -488,10 +489,15 @@ impl Task {
 
     /// Whether learned routes may go through the link `name` without the view knowing: the
     /// view holds our writes, and a learned gateway's interface is the kernel's choice, so
-    /// when an uplink (any link not an endpoint's tap) comes back or goes, only a re-read
-    /// tells which of our routes the kernel dropped with it.
+    /// when an uplink (any link not an endpoint's tap) goes down, comes back or goes, only a
+    /// re-read tells which of our routes and nexthop objects the kernel dropped with it. That
+    /// holds for routes a previous run left (graceful restart) as much as for ours.
     fn carries_learned_routes(&self, name: &str) -> bool {
-        !self.learned.is_empty() && !self.endpoints.values().any(|e| e.interface == name)
+        let learned = self.cfg.learned_protocol;
+        let any_learned = !self.learned.is_empty()
+            || self.view.nexthops.as_ref().is_some_and(|o| !o.is_empty())
+            || self.view.routes.values().any(|r| r.protocol == learned);
+        any_learned && !self.endpoints.values().any(|e| e.interface == name)
     }
 
     fn neigh_matters(&self, key: &super::kernel::NeighKey, neigh: &super::kernel::Neigh) -> bool {
@@ -513,8 +519,7 @@ impl Task {
             Ok(view) => {
                 self.view = view;
                 self.sysctls_done.clear();
-                self.nexthop_ids = Arc::default();
-                self.nexthop_failed.clear();
+                self.nexthops.resynced(self.view.nexthops.as_ref());
             }
             Err(e) => tracing::error!("resync: reading the kernel failed: {e}"),
         }
@@ -539,6 +544,7 @@ impl Task {
             &mut self.hop_sets,
         );
         drop(links);
+        self.prepare_nexthops().await;
         let mut errors = BTreeMap::new();
         for tap in &self.desired.taps {
             if self.sysctls_done.contains(&tap.ifindex) {
@@ -575,151 +581,78 @@ impl Task {
         if ops.is_empty() {
             return Vec::new();
         }
-        self.prepare_nexthops(ops).await;
         let started = Instant::now();
-        let outcomes = self.nl.apply(ops, &self.nexthop_ids).await;
+        let outcomes = self.nl.apply(ops).await;
         self.settle(ops, outcomes, started)
     }
 
-    /// Gives every set of next hops that `ops` write routes with a nexthop object, creating
-    /// the objects it lacks. A set that cannot have one (a kernel without them, a gateway not
-    /// directly reachable, a refusal) is written with its gateways named instead.
-    async fn prepare_nexthops(&mut self, ops: &[Op]) {
-        if self.view.nexthops.is_none() {
+    /// Gives every set of next hops of the desired state a nexthop object (creating or
+    /// regrouping objects as needed), and each desired gateway route the id of its set's.
+    async fn prepare_nexthops(&mut self) {
+        let Some(objects) = &mut self.view.nexthops else {
+            return;
+        };
+        let sets = distinct_sets(self.desired.routes.values().map(|(route, _)| route));
+        let sets: Vec<&[Hop]> = sets.iter().map(|hops| &hops[..]).collect();
+        self.nexthops.prepare(&sets, objects, &self.nl).await;
+        for (route, _) in self.desired.routes.values_mut() {
+            if let RouteTarget::Gateways(hops) = &route.target {
+                route.nexthop = self.nexthops.id(hops);
+            }
+        }
+    }
+
+    /// Gives the gateway routes `ops` write that have no nexthop object yet (their sets were
+    /// new when the round was planned) the object of their set, creating it; in the desired
+    /// state too.
+    async fn prepare_round_nexthops(&mut self, ops: &mut [Op]) {
+        let Some(objects) = &mut self.view.nexthops else {
+            return;
+        };
+        let unknown = ops.iter().filter_map(|op| match op {
+            Op::ReplaceRoute(_, route) if route.nexthop.is_none() => Some(route),
+            _ => None,
+        });
+        let sets = distinct_sets(unknown);
+        if sets.is_empty() {
             return;
         }
-        let mut last: Option<&Arc<[Hop]>> = None;
-        let mut missing: Vec<Arc<[Hop]>> = Vec::new();
+        let sets: Vec<&[Hop]> = sets.iter().map(|hops| &hops[..]).collect();
+        self.nexthops.prepare(&sets, objects, &self.nl).await;
         for op in ops {
-            let Op::ReplaceRoute(
-                _,
-                Route {
-                    target: RouteTarget::Gateways(hops),
-                    ..
-                },
-            ) = op
-            else {
-                continue;
-            };
-            // Sets are shared: most routes have the set the one before had.
-            if last.is_some_and(|l| Arc::ptr_eq(l, hops)) {
-                continue;
-            }
-            last = Some(hops);
-            let known =
-                self.nexthop_ids.contains_key(&hops[..]) || self.nexthop_failed.contains(&hops[..]);
-            if !hops.is_empty() && !known && !missing.contains(hops) {
-                missing.push(Arc::clone(hops));
-            }
-        }
-        for hops in missing {
-            match self.nexthop_for(&hops).await {
-                Ok(id) => {
-                    Arc::make_mut(&mut self.nexthop_ids).insert(hops[..].into(), id);
-                }
-                Err(problem) => {
-                    let gateways: Vec<String> =
-                        hops.iter().map(|h| h.gateway.to_string()).collect();
-                    tracing::warn!(
-                        "no nexthop object for next hops {}: {problem}; their routes name them",
-                        gateways.join(", ")
-                    );
-                    self.nexthop_failed.insert(hops[..].into());
+            if let Op::ReplaceRoute(key, route) = op
+                && route.nexthop.is_none()
+                && let RouteTarget::Gateways(hops) = &route.target
+                && let Some(id) = self.nexthops.id(hops)
+            {
+                route.nexthop = Some(id);
+                if let Some((desired, _)) = self.desired.routes.get_mut(key) {
+                    desired.nexthop = Some(id);
                 }
             }
         }
     }
 
-    /// The id of the nexthop object for `hops`: one of ours that serves them, or a new one
-    /// (with the gateway objects it needs).
-    async fn nexthop_for(&mut self, hops: &[Hop]) -> Result<u32, String> {
-        let protocol = self.cfg.learned_protocol;
-        let objects = self.view.nexthops.get_or_insert_default();
-        if let Some(id) = nexthop::find(objects, hops) {
-            return Ok(id);
-        }
-        let mut resolved = Vec::new();
-        for hop in hops {
-            let ifindex = match hop.ifindex {
-                Some(ifindex) => ifindex,
-                None => self
-                    .nl
-                    .gateway_interface(hop.gateway)
-                    .await
-                    .map_err(|e| format!("looking up gateway {}: {e}", hop.gateway))?
-                    .ok_or_else(|| format!("gateway {} is not directly reachable", hop.gateway))?,
-            };
-            resolved.push((hop.gateway, ifindex));
-        }
-        for _ in 0..NEXTHOP_ID_ATTEMPTS {
-            let (planned, id) =
-                nexthop::plan_objects(objects, &resolved, protocol, &self.nexthop_ids_taken);
-            let mut taken = None;
-            for (new_id, object) in planned {
-                match self.nl.create_nexthop(new_id, protocol, &object).await {
-                    Ok(()) => {
-                        objects.insert(new_id, object);
-                    }
-                    Err(NetlinkError::Refused { source, .. })
-                        if source.raw_os_error() == Some(EEXIST) =>
-                    {
-                        taken = Some(new_id);
-                        break;
-                    }
-                    Err(e) => return Err(format!("creating nexthop object {new_id}: {e}")),
-                }
-            }
-            match taken {
-                None => return Ok(id),
-                Some(new_id) => {
-                    self.nexthop_ids_taken.insert(new_id);
-                }
-            }
-        }
-        Err("every nexthop id tried belongs to someone else".into())
-    }
-
-    /// Deletes our nexthop objects that no route of ours, desired or in the kernel, uses.
+    /// Deletes our nexthop objects that no route of ours, desired or in the kernel, points at.
     async fn collect_nexthops(&mut self) {
-        let Some(objects) = &self.view.nexthops else {
+        let Some(objects) = &mut self.view.nexthops else {
             return;
         };
-        let unused = {
-            // The sets are shared: a handful, however many routes.
-            let mut seen = HashSet::default();
-            let sets: Vec<&[Hop]> = self
-                .desired
-                .routes
-                .values()
-                .map(|(route, _)| route)
-                .chain(self.view.routes.values())
-                .filter_map(|route| match &route.target {
-                    RouteTarget::Gateways(hops) if seen.insert(Arc::as_ptr(hops)) => {
-                        Some(&hops[..])
-                    }
-                    _ => None,
-                })
-                .collect();
-            nexthop::unused(objects, sets)
-        };
-        for id in unused {
-            match self.nl.delete_nexthop(id).await {
-                Ok(()) => {
-                    if let Some(objects) = &mut self.view.nexthops {
-                        objects.remove(&id);
-                    }
-                }
-                Err(e) => tracing::warn!("deleting unused nexthop object {id}: {e}"),
+        let mut used = HashSet::default();
+        let mut last = None;
+        let routes = self
+            .desired
+            .routes
+            .values()
+            .map(|(route, _)| route)
+            .chain(self.view.routes.values());
+        for id in routes.filter_map(|route| route.nexthop) {
+            if last != Some(id) {
+                used.insert(id);
+                last = Some(id);
             }
         }
-        if let Some(objects) = &self.view.nexthops
-            && self
-                .nexthop_ids
-                .values()
-                .any(|id| !objects.contains_key(id))
-        {
-            Arc::make_mut(&mut self.nexthop_ids).retain(|_, id| objects.contains_key(id));
-        }
+        self.nexthops.collect(&used, objects, &self.nl).await;
     }
 
     /// Records in the view what of `ops` (written since `started`) succeeded, and returns
@@ -755,16 +688,15 @@ impl Task {
     /// [`LEARNED_ROUND`] learned routes at a time; nothing is recomputed for the others. While
     /// a round is written (on the netlink tasks), the next one is planned.
     async fn reconcile_routes(&mut self) {
-        let Round { keys, ops } = match self.next_round.take() {
+        let Round { keys, mut ops } = match self.next_round.take() {
             Some(round) => round,
             None => self.plan_round(&[]),
         };
-        self.prepare_nexthops(&ops).await;
+        self.prepare_round_nexthops(&mut ops).await;
         let started = Instant::now();
         let nl = self.nl.clone();
-        let ids = Arc::clone(&self.nexthop_ids);
         let write = tokio::spawn(async move {
-            let outcomes = nl.apply(&ops, &ids).await;
+            let outcomes = nl.apply(&ops).await;
             (ops, outcomes)
         });
         if !self.dirty_learned.is_empty() {
@@ -837,6 +769,12 @@ impl Task {
                 &self.cfg,
                 &mut self.hop_sets,
             );
+            // The object of its set, if the set is known (else given before the write).
+            if let Some((route, _)) = self.desired.routes.get_mut(&key)
+                && let RouteTarget::Gateways(hops) = &route.target
+            {
+                route.nexthop = self.nexthops.id(hops);
+            }
             if !self.complete.learned {
                 if route.is_some() {
                     self.withdrawn.remove(&key);
@@ -977,8 +915,31 @@ impl Task {
     }
 }
 
+/// The distinct next-hop sets of these routes' gateways (they are shared: a handful, however
+/// many routes).
+fn distinct_sets<'a>(routes: impl Iterator<Item = &'a Route>) -> Vec<Arc<[Hop]>> {
+    let mut sets: Vec<Arc<[Hop]>> = Vec::new();
+    for route in routes {
+        if let RouteTarget::Gateways(hops) = &route.target
+            && !sets.iter().any(|known| Arc::ptr_eq(known, hops))
+        {
+            sets.push(Arc::clone(hops));
+        }
+    }
+    sets
+}
+
 fn describe(op: &Op) -> String {
     match op {
+        Op::ReplaceRoute(
+            k,
+            Route {
+                nexthop: Some(id), ..
+            },
+        ) => format!(
+            "route {} metric {} via nexthop object {id}",
+            k.dst, k.metric
+        ),
         Op::ReplaceRoute(k, _) => format!("route {} metric {}", k.dst, k.metric),
         Op::DeleteRoute(k, _) => format!("deleting route {} metric {}", k.dst, k.metric),
         Op::ReplaceNeigh(k, _) if k.proxy => {

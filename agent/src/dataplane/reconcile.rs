@@ -218,6 +218,7 @@ mod tests {
 
     fn dev(protocol: u8, ifindex: u32) -> Route {
         Route {
+            nexthop: None,
             protocol,
             target: RouteTarget::Device(ifindex),
         }
@@ -355,10 +356,12 @@ mod tests {
             ifindex: Some(i),
         };
         let two = Route {
+            nexthop: None,
             protocol: 84,
             target: RouteTarget::Gateways(vec![hop("192.0.2.0", 2), hop("192.0.2.2", 3)].into()),
         };
         let one = Route {
+            nexthop: None,
             protocol: 84,
             target: RouteTarget::Gateways(vec![hop("192.0.2.0", 2)].into()),
         };

@@ -1,0 +1,277 @@
+//! The route programmer's keeper of nexthop objects: which object serves each set of next hops
+//! its learned routes have, creating the objects a new set needs (a route lookup finds a
+//! gateway's interface), growing a group back in place when the kernel shrank it, and deleting
+//! the objects no route points at any more. The rules are [`super::nexthop`]'s; this is the
+//! part that talks to the kernel, through [`Netlink`].
+
+use std::net::IpAddr;
+
+use super::kernel::Hop;
+use super::netlink::{Netlink, NetlinkError};
+use super::nexthop::{self, NextHop, NextHopIds, NextHops, Write};
+use super::{HashMap, HashSet};
+
+/// Attempts at a free id for a new object (each skips an id found taken by someone else).
+const ID_ATTEMPTS: usize = 8;
+
+/// Why a set of next hops has no object (its routes then name their gateways).
+#[derive(Debug, thiserror::Error)]
+pub enum NoObject {
+    /// A link-local gateway means nothing without its interface.
+    #[error("link-local gateway {0} has no interface")]
+    LinkLocalWithoutInterface(IpAddr),
+    /// No connected route leads to the gateway.
+    #[error("gateway {0} is not directly reachable")]
+    NotDirect(IpAddr),
+    /// The route lookup for a gateway failed.
+    #[error("looking up gateway {gateway}: {source}")]
+    Lookup {
+        /// The gateway.
+        gateway: IpAddr,
+        /// Why.
+        source: NetlinkError,
+    },
+    /// The kernel refused an object.
+    #[error("writing nexthop object {id}: {source}")]
+    Write {
+        /// The object's id.
+        id: u32,
+        /// Why.
+        source: NetlinkError,
+    },
+    /// Every id tried was someone else's.
+    #[error("no free nexthop id")]
+    NoFreeId,
+}
+
+/// The objects' bookkeeping beyond what the kernel holds (the objects themselves are in the
+/// programmer's view of the kernel).
+#[derive(Debug)]
+pub struct NextHopKeeper {
+    /// The protocol our objects carry.
+    protocol: u8,
+    /// The object each set of next hops points at. Kept across resyncs while the object
+    /// exists, so that a group keeps its id while its members come and go.
+    ids: NextHopIds,
+    /// Sets no object can serve (logged), until the next resync.
+    failed: HashSet<Box<[Hop]>>,
+    /// Ids found to belong to someone else, until the next resync.
+    taken: HashSet<u32>,
+}
+
+impl NextHopKeeper {
+    /// A keeper of objects carrying `protocol`.
+    pub fn new(protocol: u8) -> NextHopKeeper {
+        NextHopKeeper {
+            protocol,
+            ids: HashMap::default(),
+            failed: HashSet::default(),
+            taken: HashSet::default(),
+        }
+    }
+
+    /// After a resync read `objects` afresh: forgets the ids whose object is gone, and the sets
+    /// and ids that failed (a link that came back may make them work).
+    pub fn resynced(&mut self, objects: Option<&NextHops>) {
+        self.ids
+            .retain(|_, id| objects.is_some_and(|o| o.contains_key(id)));
+        self.failed.clear();
+        self.taken.clear();
+    }
+
+    /// The object routes with `hops` point at, if known (no kernel access).
+    pub fn id(&self, hops: &[Hop]) -> Option<u32> {
+        self.ids.get(hops).copied()
+    }
+
+    /// Makes sure each of `sets` has an object that serves it as well as the kernel allows
+    /// (creating or regrouping objects); a set that cannot have one is logged and left to
+    /// name its gateways.
+    pub async fn prepare(&mut self, sets: &[&[Hop]], objects: &mut NextHops, nl: &Netlink) {
+        for hops in sets {
+            if hops.is_empty() || self.failed.contains(*hops) {
+                continue;
+            }
+            if let Err(problem) = self.ensure(hops, objects, nl).await {
+                let gateways: Vec<String> = hops.iter().map(|h| h.gateway.to_string()).collect();
+                tracing::warn!(
+                    "no nexthop object for next hops {}: {problem}; their routes name them",
+                    gateways.join(", ")
+                );
+                self.failed.insert((*hops).into());
+            }
+        }
+    }
+
+    /// The id of the object for `hops`: the one known, grown back if the kernel shrank it;
+    /// else one of ours that serves them (adopted); else a new one.
+    async fn ensure(
+        &mut self,
+        hops: &[Hop],
+        objects: &mut NextHops,
+        nl: &Netlink,
+    ) -> Result<u32, NoObject> {
+        if let Some(id) = self.id(hops) {
+            if nexthop::serves(objects, id, hops) {
+                return Ok(id);
+            }
+            if let (Some(NextHop::Group(members)), [_, _, ..]) = (objects.get(&id), hops) {
+                let members = members.clone();
+                self.regroup(id, &members, hops, objects, nl).await?;
+                return Ok(id);
+            }
+            self.ids.remove(hops);
+        }
+        if let Some(id) = nexthop::find(objects, hops) {
+            self.ids.insert(hops.into(), id);
+            return Ok(id);
+        }
+        let members = self.gateways(hops, objects, nl).await?;
+        let id = match (&members[..], hops) {
+            ([single], [_]) => *single,
+            _ => {
+                let group = NextHop::Group(members);
+                let existing = objects
+                    .iter()
+                    .find_map(|(id, o)| (*o == group).then_some(*id));
+                match existing {
+                    Some(id) => id,
+                    None => self.create(group, objects, nl).await?,
+                }
+            }
+        };
+        self.ids.insert(hops.into(), id);
+        Ok(id)
+    }
+
+    /// Gives group `id` (now `members`) a member for every gateway of `hops` that is
+    /// reachable, replacing it in place: the routes that point at it stay as they are.
+    async fn regroup(
+        &mut self,
+        id: u32,
+        members: &[u32],
+        hops: &[Hop],
+        objects: &mut NextHops,
+        nl: &Netlink,
+    ) -> Result<(), NoObject> {
+        let Ok(wanted) = self.gateways(hops, objects, nl).await else {
+            // None reachable: the group keeps what the kernel left it.
+            return Ok(());
+        };
+        if wanted == members {
+            return Ok(());
+        }
+        let group = NextHop::Group(wanted);
+        nl.write_nexthop(id, self.protocol, &group, Write::Replace)
+            .await
+            .map_err(|source| NoObject::Write { id, source })?;
+        objects.insert(id, group);
+        Ok(())
+    }
+
+    /// The gateway objects of `hops` (sorted ids), created where missing. A hop that cannot
+    /// have one is left out of a set of several (the group serves the others), but fails a
+    /// set of one, and a set none of whose hops can.
+    async fn gateways(
+        &mut self,
+        hops: &[Hop],
+        objects: &mut NextHops,
+        nl: &Netlink,
+    ) -> Result<Vec<u32>, NoObject> {
+        let mut members = Vec::new();
+        let mut first_problem = None;
+        for hop in hops {
+            let member = match resolve(hop, nl).await {
+                Ok(ifindex) => match nexthop::gateway_object(objects, hop.gateway, ifindex) {
+                    Some(id) => Ok(id),
+                    None => {
+                        let object = NextHop::Gateway {
+                            gateway: hop.gateway,
+                            ifindex,
+                        };
+                        self.create(object, objects, nl).await
+                    }
+                },
+                Err(problem) => Err(problem),
+            };
+            match member {
+                Ok(id) => members.push(id),
+                Err(problem) => {
+                    tracing::debug!("next hop {} left out: {problem}", hop.gateway);
+                    first_problem.get_or_insert(problem);
+                }
+            }
+        }
+        match first_problem {
+            Some(problem) if members.is_empty() || hops.len() == 1 => Err(problem),
+            _ => {
+                members.sort_unstable();
+                members.dedup();
+                Ok(members)
+            }
+        }
+    }
+
+    /// Creates `object` with a free id of our range.
+    async fn create(
+        &mut self,
+        object: NextHop,
+        objects: &mut NextHops,
+        nl: &Netlink,
+    ) -> Result<u32, NoObject> {
+        for _ in 0..ID_ATTEMPTS {
+            let id =
+                nexthop::free_id(objects, &self.taken, self.protocol).ok_or(NoObject::NoFreeId)?;
+            match nl
+                .write_nexthop(id, self.protocol, &object, Write::Create)
+                .await
+            {
+                Ok(()) => {
+                    objects.insert(id, object);
+                    return Ok(id);
+                }
+                Err(NetlinkError::NextHopIdTaken(id)) => {
+                    self.taken.insert(id);
+                }
+                Err(source) => return Err(NoObject::Write { id, source }),
+            }
+        }
+        Err(NoObject::NoFreeId)
+    }
+
+    /// Deletes our objects that none of `used` (the ids routes of ours point at, desired or
+    /// in the kernel) needs, and forgets the sets that pointed at them.
+    pub async fn collect(&mut self, used: &HashSet<u32>, objects: &mut NextHops, nl: &Netlink) {
+        for id in nexthop::unused(objects, used) {
+            match nl.delete_nexthop(id).await {
+                Ok(()) => {
+                    objects.remove(&id);
+                }
+                Err(e) => tracing::warn!("deleting unused nexthop object {id}: {e}"),
+            }
+        }
+        self.ids.retain(|_, id| objects.contains_key(id));
+    }
+}
+
+/// The interface a hop's gateway is directly reachable through: its own, or the kernel's
+/// route lookup's (never for a link-local gateway, which names no interface by itself).
+async fn resolve(hop: &Hop, nl: &Netlink) -> Result<u32, NoObject> {
+    if let Some(ifindex) = hop.ifindex {
+        return Ok(ifindex);
+    }
+    let link_local = match hop.gateway {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    };
+    if link_local {
+        return Err(NoObject::LinkLocalWithoutInterface(hop.gateway));
+    }
+    nl.gateway_interface(hop.gateway)
+        .await
+        .map_err(|source| NoObject::Lookup {
+            gateway: hop.gateway,
+            source,
+        })?
+        .ok_or(NoObject::NotDirect(hop.gateway))
+}
