@@ -467,7 +467,8 @@ fn ecmp_learned_routes_are_installed_and_replaced_when_next_hops_change() {
     until_gateways("v6 one hop", true, v6, vec![u1.tor_v6.into()]);
     // A full reconcile deletes the objects no route uses any more.
     p.resync();
-    let left: Vec<Option<IpAddr>> = our_nexthops().iter().map(|n| n.gateway).collect();
+    let mut left: Vec<Option<IpAddr>> = our_nexthops().iter().map(|n| n.gateway).collect();
+    left.sort();
     assert_eq!(
         left,
         [Some(u2.tor_v4.into()), Some(u1.tor_v6.into())],
