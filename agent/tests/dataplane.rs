@@ -36,6 +36,23 @@ fn no_route(ns: &Netns, dst: &str, dev: &str) -> Result<(), String> {
 
 /// A learned route to `prefix` through `gateways` (ECMP when several), interface left to
 /// the kernel, as skog-bgp's routes are.
+/// Sends `ops` through the netlink driver alone (batches of 4) inside `ns`; which succeeded.
+fn apply_in(ns: &Netns, ops: Vec<skog_agent::dataplane::reconcile::Op>) -> Vec<bool> {
+    ns.enter(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let nl =
+                skog_agent::dataplane::netlink::Netlink::open(4, Duration::from_secs(5)).unwrap();
+            let outcomes = nl.apply(&ops).await;
+            outcomes.iter().map(Result::is_ok).collect()
+        })
+    })
+    .unwrap()
+}
+
 fn learned_via(prefix: IpNet, gateways: impl IntoIterator<Item = IpAddr>) -> LearnedRoute {
     LearnedRoute {
         prefix,
@@ -491,7 +508,6 @@ fn ecmp_learned_routes_are_installed_and_replaced_when_next_hops_change() {
 #[test]
 fn ipv4_routes_through_an_ipv6_gateway_are_installed_and_adopted() {
     use skog_agent::dataplane::kernel::{Hop, Route, RouteKey, RouteTarget};
-    use skog_agent::dataplane::netlink::Netlink;
     use skog_agent::dataplane::reconcile::Op;
 
     let mut tb = Testbed::new("dp_v4via6").unwrap();
@@ -551,23 +567,7 @@ fn ipv4_routes_through_an_ipv6_gateway_are_installed_and_adopted() {
             ),
         },
     );
-    let outcomes = ns
-        .enter(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let nl = Netlink::open(4, Duration::from_secs(5)).unwrap();
-                let outcomes = nl.apply(&[op]).await;
-                outcomes
-                    .iter()
-                    .map(|o| o.as_ref().map_err(ToString::to_string).copied())
-                    .collect::<Vec<_>>()
-            })
-        })
-        .unwrap();
-    assert_eq!(outcomes, [Ok(())]);
+    assert_eq!(apply_in(ns, vec![op]), [true]);
     let route = through_v6(named).unwrap();
     assert_eq!(route.nexthop_id, None);
 }
@@ -827,7 +827,6 @@ fn each_failed_write_of_a_batch_is_reported_on_its_own_operation() {
     use std::sync::Arc;
 
     use skog_agent::dataplane::kernel::{Hop, Route, RouteKey, RouteTarget};
-    use skog_agent::dataplane::netlink::Netlink;
     use skog_agent::dataplane::reconcile::Op;
 
     let mut tb = Testbed::new("dp_errors").unwrap();
@@ -873,19 +872,7 @@ fn each_failed_write_of_a_batch_is_reported_on_its_own_operation() {
             None => Op::DeleteRoute(key(dst), on_lo.clone()),
         })
         .collect();
-    let outcomes = ns
-        .enter(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let nl = Netlink::open(4, Duration::from_secs(5)).unwrap();
-                let outcomes = nl.apply(&ops).await;
-                outcomes.iter().map(Result::is_ok).collect::<Vec<_>>()
-            })
-        })
-        .unwrap();
+    let outcomes = apply_in(ns, ops);
     let expected: Vec<bool> = plan.iter().map(|(_, _, ok)| *ok).collect();
     assert_eq!(outcomes, expected);
     let present: Vec<IpNet> = ns
