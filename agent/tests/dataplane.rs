@@ -36,6 +36,21 @@ fn no_route(ns: &Netns, dst: &str, dev: &str) -> Result<(), String> {
 
 /// A learned route to `prefix` through `gateways` (ECMP when several), interface left to
 /// the kernel, as skog-bgp's routes are.
+/// A test bed with one hypervisor linked to `N` ToRs (not started).
+fn hypervisor_with_uplinks<const N: usize>(
+    label: &str,
+) -> (Testbed, skog_testbed::HvId, [skog_testbed::Uplink; N]) {
+    let mut tb = Testbed::new(label).unwrap();
+    let hv = tb.add_hypervisor("hv1", 65001).unwrap();
+    let uplinks = std::array::from_fn(|i| {
+        let tor = tb
+            .add_tor(&format!("tor{}", i + 1), TorDaemon::Bird, 65100)
+            .unwrap();
+        tb.link(hv, tor).unwrap()
+    });
+    (tb, hv, uplinks)
+}
+
 /// Sends `ops` through the netlink driver alone (batches of 4) inside `ns`; which succeeded.
 fn apply_in(ns: &Netns, ops: Vec<skog_agent::dataplane::reconcile::Op>) -> Vec<bool> {
     ns.enter(move || {
@@ -392,12 +407,7 @@ fn a_restarted_programmer_adopts_the_kernel_without_a_single_write() {
 
 #[test]
 fn ecmp_learned_routes_are_installed_and_replaced_when_next_hops_change() {
-    let mut tb = Testbed::new("dp_ecmp").unwrap();
-    let hv = tb.add_hypervisor("hv1", 65001).unwrap();
-    let t1 = tb.add_tor("tor1", TorDaemon::Bird, 65100).unwrap();
-    let t2 = tb.add_tor("tor2", TorDaemon::Bird, 65100).unwrap();
-    let u1 = tb.link(hv, t1).unwrap();
-    let u2 = tb.link(hv, t2).unwrap();
+    let (tb, hv, [u1, u2]) = hypervisor_with_uplinks("dp_ecmp");
     let ns = tb.hv(hv).unwrap().ns();
     let v4: IpNet = "203.0.113.0/25".parse().unwrap();
     let v6: IpNet = "2001:db8:200::/48".parse().unwrap();
@@ -510,10 +520,7 @@ fn ipv4_routes_through_an_ipv6_gateway_are_installed_and_adopted() {
     use skog_agent::dataplane::kernel::{Hop, Route, RouteKey, RouteTarget};
     use skog_agent::dataplane::reconcile::Op;
 
-    let mut tb = Testbed::new("dp_v4via6").unwrap();
-    let hv = tb.add_hypervisor("hv1", 65001).unwrap();
-    let tor = tb.add_tor("tor1", TorDaemon::Bird, 65100).unwrap();
-    let up = tb.link(hv, tor).unwrap();
+    let (tb, hv, [up]) = hypervisor_with_uplinks("dp_v4via6");
     let ns = tb.hv(hv).unwrap().ns();
     let learned: IpNet = "203.0.113.0/25".parse().unwrap();
     let gateway = IpAddr::from(up.tor_v6);
@@ -578,12 +585,7 @@ fn ipv4_routes_through_an_ipv6_gateway_are_installed_and_adopted() {
 /// a previous run that name their gateways move onto the group.
 #[test]
 fn an_ecmp_group_survives_an_uplink_going_down_and_is_regrown_in_place() {
-    let mut tb = Testbed::new("dp_regroup").unwrap();
-    let hv = tb.add_hypervisor("hv1", 65001).unwrap();
-    let t1 = tb.add_tor("tor1", TorDaemon::Bird, 65100).unwrap();
-    let t2 = tb.add_tor("tor2", TorDaemon::Bird, 65100).unwrap();
-    let u1 = tb.link(hv, t1).unwrap();
-    let u2 = tb.link(hv, t2).unwrap();
+    let (tb, hv, [u1, u2]) = hypervisor_with_uplinks("dp_regroup");
     let ns = tb.hv(hv).unwrap().ns();
     // IPv6 addresses stay on a downed link, as on a hypervisor that configures them so.
     ns.sysctl(
@@ -762,10 +764,7 @@ fn the_periodic_resync_repairs_drift_no_event_reports() {
 
 #[test]
 fn learned_routes_of_a_previous_run_stay_until_bgp_has_converged() {
-    let mut tb = Testbed::new("dp_learned_gr").unwrap();
-    let hv = tb.add_hypervisor("hv1", 65001).unwrap();
-    let tor = tb.add_tor("tor1", TorDaemon::Bird, 65100).unwrap();
-    let up = tb.link(hv, tor).unwrap();
+    let (tb, hv, [up]) = hypervisor_with_uplinks("dp_learned_gr");
     let ns = tb.hv(hv).unwrap().ns();
     let prefix: IpNet = "203.0.113.0/25".parse().unwrap();
     let present = || {
@@ -898,10 +897,7 @@ fn each_failed_write_of_a_batch_is_reported_on_its_own_operation() {
 /// periodic resync, 90 s away here). The same when someone deletes its nexthop object.
 #[test]
 fn learned_routes_come_back_after_their_uplink_flaps_or_their_nexthop_object_goes() {
-    let mut tb = Testbed::new("dp_uplink").unwrap();
-    let hv = tb.add_hypervisor("hv1", 65001).unwrap();
-    let tor = tb.add_tor("tor1", TorDaemon::Bird, 65100).unwrap();
-    let up = tb.link(hv, tor).unwrap();
+    let (tb, hv, [up]) = hypervisor_with_uplinks("dp_uplink");
     let ns = tb.hv(hv).unwrap().ns();
     let p = InNamespace::start(ns, DataplaneConfig::default());
     let prefix: IpNet = "203.0.113.0/25".parse().unwrap();

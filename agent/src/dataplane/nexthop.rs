@@ -395,6 +395,16 @@ mod tests {
         }
     }
 
+    /// Gateway objects 1 and 2 on interfaces 3 and 4, and group 3 of both.
+    fn two_gateways_and_their_group() -> NextHops {
+        [
+            (1, gw("2001:db8:ffff::1", 3)),
+            (2, gw("2001:db8:fffe::1", 4)),
+            (3, NextHop::Group(vec![1, 2])),
+        ]
+        .into()
+    }
+
     /// Serialises a request and parses it back, as the kernel would see it.
     fn round_trip(msg: &NetlinkMessage<NextHopMessage>) -> NextHopMessage {
         let mut buf = vec![0; msg.buffer_len()];
@@ -554,12 +564,7 @@ mod tests {
 
     #[test]
     fn a_set_finds_its_gateway_or_group_with_or_without_a_known_interface() {
-        let objects: NextHops = [
-            (1, gw("2001:db8:ffff::1", 3)),
-            (2, gw("2001:db8:fffe::1", 4)),
-            (3, NextHop::Group(vec![1, 2])),
-        ]
-        .into();
+        let objects = two_gateways_and_their_group();
         assert_eq!(find(&objects, &[hop("2001:db8:ffff::1", None)]), Some(1));
         assert_eq!(find(&objects, &[hop("2001:db8:ffff::1", Some(3))]), Some(1));
         assert_eq!(find(&objects, &[hop("2001:db8:ffff::1", Some(9))]), None);
@@ -591,13 +596,8 @@ mod tests {
 
     #[test]
     fn unused_objects_are_the_ones_no_route_points_at_groups_first() {
-        let objects: NextHops = [
-            (1, gw("2001:db8:ffff::1", 3)),
-            (2, gw("2001:db8:fffe::1", 4)),
-            (3, NextHop::Group(vec![1, 2])),
-            (4, gw("2001:db8:fffd::1", 5)),
-        ]
-        .into();
+        let mut objects = two_gateways_and_their_group();
+        objects.insert(4, gw("2001:db8:fffd::1", 5));
         let used = |ids: &[u32]| ids.iter().copied().collect::<HashSet<u32>>();
         // A group keeps its members.
         assert_eq!(unused(&objects, &used(&[3])), [4]);
@@ -611,12 +611,7 @@ mod tests {
 
     #[test]
     fn a_route_with_only_a_nexthop_id_gets_the_objects_hops() {
-        let objects: NextHops = [
-            (1, gw("2001:db8:ffff::1", 3)),
-            (2, gw("2001:db8:fffe::1", 4)),
-            (3, NextHop::Group(vec![1, 2])),
-        ]
-        .into();
+        let objects = two_gateways_and_their_group();
         assert_eq!(
             hops_of(&objects, 3),
             Some(vec![
