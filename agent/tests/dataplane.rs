@@ -34,8 +34,6 @@ fn no_route(ns: &Netns, dst: &str, dev: &str) -> Result<(), String> {
     has_route(ns, dst, dev).map_or(Ok(()), |()| Err(format!("{dst} still on {dev}")))
 }
 
-/// A learned route to `prefix` through `gateways` (ECMP when several), interface left to
-/// the kernel, as skog-bgp's routes are.
 /// A test bed with one hypervisor linked to `N` ToRs (not started).
 fn hypervisor_with_uplinks<const N: usize>(
     label: &str,
@@ -68,6 +66,8 @@ fn apply_in(ns: &Netns, ops: Vec<skog_agent::dataplane::reconcile::Op>) -> Vec<b
     .unwrap()
 }
 
+/// A learned route to `prefix` through `gateways` (ECMP when several), interface left to
+/// the kernel, as skog-bgp's routes are.
 fn learned_via(prefix: IpNet, gateways: impl IntoIterator<Item = IpAddr>) -> LearnedRoute {
     LearnedRoute {
         prefix,
@@ -683,6 +683,53 @@ fn an_ecmp_group_survives_an_uplink_going_down_and_is_regrown_in_place() {
         r.gateways.len() == 2 && same_group(r)
     });
     assert_eq!(p.snapshot().kernel_writes, writes);
+}
+
+/// Two sets of next hops never share a group, even when one's reachable part is the other
+/// (`{A, B}` and `{A, B, C}` with C down): each group is regrown for its own set, and full
+/// reconciles leave both alone.
+#[test]
+fn sets_with_the_same_reachable_gateways_get_groups_of_their_own() {
+    let (tb, hv, [u1, u2, u3]) = hypervisor_with_uplinks("dp_groups");
+    let ns = tb.hv(hv).unwrap().ns();
+    ns.ip(&["link", "set", &u3.hv_if, "down"]).unwrap();
+    let two: IpNet = "203.0.113.0/25".parse().unwrap();
+    let three: IpNet = "203.0.113.128/25".parse().unwrap();
+    let p = InNamespace::start(ns, DataplaneConfig::default());
+    let gateways = [u1.tor_v4, u2.tor_v4, u3.tor_v4].map(IpAddr::from);
+    block_on(
+        p.handle
+            .set_learned_route(learned_via(two, gateways[..2].to_vec())),
+    )
+    .unwrap();
+    block_on(p.handle.set_learned_route(learned_via(three, gateways))).unwrap();
+    p.complete();
+    let route = |dst: IpNet| {
+        ns.kernel_routes(false)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.dst == dst)
+    };
+    let until = |what: &str, dst: IpNet, hops: usize| {
+        wait_until(what, CONVERGE, || match route(dst) {
+            Some(r) if r.gateways.len() == hops && r.nexthop_id.is_some() => Ok(r),
+            other => Err(format!("{other:?}")),
+        })
+        .unwrap()
+    };
+    let first = until("two through a group", two, 2).nexthop_id;
+    let second = until("three through a group, C left out", three, 2).nexthop_id;
+    assert_ne!(first, second);
+
+    ns.ip(&["link", "set", &u3.hv_if, "up"]).unwrap();
+    until("three through all three", three, 3);
+    let writes = p.snapshot().nexthop_writes;
+    for _ in 0..4 {
+        p.resync();
+    }
+    assert_eq!(route(two).unwrap().gateways.len(), 2);
+    assert_eq!(route(three).unwrap().gateways.len(), 3);
+    assert_eq!(p.snapshot().nexthop_writes, writes, "objects rewritten");
 }
 
 #[test]

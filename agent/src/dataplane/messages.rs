@@ -48,11 +48,11 @@ fn family_of(ip: IpAddr) -> AddressFamily {
 pub fn op_request(op: &Op) -> Message {
     match op {
         Op::ReplaceRoute(key, route) => with_flags(
-            RouteNetlinkMessage::NewRoute(route_message(key, route, true)),
+            RouteNetlinkMessage::NewRoute(route_message(key, route)),
             WRITE,
         ),
         Op::DeleteRoute(key, route) => with_flags(
-            RouteNetlinkMessage::DelRoute(route_message(key, route, false)),
+            RouteNetlinkMessage::DelRoute(route_key_message(key, route)),
             DELETE,
         ),
         Op::ReplaceNeigh(key, neigh) => with_flags(
@@ -66,10 +66,9 @@ pub fn op_request(op: &Op) -> Message {
     }
 }
 
-/// A route message for `key`; with `full`, also where it goes: through its nexthop object if it
-/// has one, else to its gateways or device (a delete only needs the key and the protocol, which
-/// the kernel checks, so a foreign route of the same key is never deleted).
-fn route_message(key: &RouteKey, route: &Route, full: bool) -> RouteMessage {
+/// A route message with `key` and the route's protocol: all a delete needs (the kernel checks
+/// the protocol, so a foreign route of the same key is never deleted).
+fn route_key_message(key: &RouteKey, route: &Route) -> RouteMessage {
     let mut msg = RouteMessage::default();
     msg.header.address_family = family_of(key.dst.addr());
     msg.header.destination_prefix_length = key.dst.prefix_len();
@@ -83,9 +82,13 @@ fn route_message(key: &RouteKey, route: &Route, full: bool) -> RouteMessage {
     msg.attributes
         .push(RouteAttribute::Destination(key.dst.addr().into()));
     msg.attributes.push(RouteAttribute::Priority(key.metric));
-    if !full {
-        return msg;
-    }
+    msg
+}
+
+/// The whole route: its key, and where it goes, through its nexthop object if it has one,
+/// else to its gateways or device.
+fn route_message(key: &RouteKey, route: &Route) -> RouteMessage {
+    let mut msg = route_key_message(key, route);
     if let (Some(id), RouteTarget::Gateways(_)) = (route.nexthop, &route.target) {
         msg.attributes.push(RouteAttribute::NhId(id));
         return msg;

@@ -340,7 +340,8 @@ impl Netlink {
                     for attribute in &route.attributes {
                         match attribute {
                             RouteAttribute::Oif(i) => oif = Some(*i),
-                            RouteAttribute::Gateway(_) => return,
+                            // Through a gateway (of either family): not direct.
+                            RouteAttribute::Gateway(_) | RouteAttribute::Via(_) => return,
                             _ => {}
                         }
                     }

@@ -21,8 +21,8 @@ use netlink_packet_core::{
     NlasIterator,
 };
 
+use super::HashSet;
 use super::kernel::Hop;
-use super::{HashMap, HashSet};
 
 /// `RTM_NEWNEXTHOP`.
 pub const RTM_NEWNEXTHOP: u16 = 104;
@@ -68,9 +68,6 @@ pub enum NextHop {
 
 /// The nexthop objects of ours in the kernel, by id.
 pub type NextHops = BTreeMap<u32, NextHop>;
-
-/// Which object routes with a given (desired) set of next hops point at.
-pub type NextHopIds = HashMap<Box<[Hop]>, u32>;
 
 /// How a write treats an object that exists already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,20 +310,20 @@ pub fn serves(objects: &NextHops, id: u32, hops: &[Hop]) -> bool {
     }
 }
 
-/// The object of ours that serves `hops` (see [`serves`]), the lowest id if several do.
-pub fn find(objects: &NextHops, hops: &[Hop]) -> Option<u32> {
+/// The object of ours that serves `hops` (see [`serves`]) and that `usable` accepts, the
+/// lowest id if several do.
+pub fn find(objects: &NextHops, hops: &[Hop], usable: impl Fn(u32) -> bool) -> Option<u32> {
     objects
         .keys()
         .copied()
-        .find(|id| serves(objects, *id, hops))
+        .find(|id| serves(objects, *id, hops) && usable(*id))
 }
 
-/// Our object for exactly this gateway and interface.
-pub fn gateway_object(objects: &NextHops, gateway: IpAddr, ifindex: u32) -> Option<u32> {
-    let want = NextHop::Gateway { gateway, ifindex };
+/// Our object that is exactly `object`, the lowest id if several are.
+pub fn object_id(objects: &NextHops, object: &NextHop) -> Option<u32> {
     objects
         .iter()
-        .find_map(|(id, o)| (*o == want).then_some(*id))
+        .find_map(|(id, o)| (o == object).then_some(*id))
 }
 
 /// The lowest id of the protocol's range that is neither ours already nor `taken` (found to
@@ -393,6 +390,10 @@ mod tests {
             gateway: ip.parse().unwrap(),
             ifindex,
         }
+    }
+
+    fn find_any(objects: &NextHops, hops: &[Hop]) -> Option<u32> {
+        find(objects, hops, |_| true)
     }
 
     /// Gateway objects 1 and 2 on interfaces 3 and 4, and group 3 of both.
@@ -565,14 +566,24 @@ mod tests {
     #[test]
     fn a_set_finds_its_gateway_or_group_with_or_without_a_known_interface() {
         let objects = two_gateways_and_their_group();
-        assert_eq!(find(&objects, &[hop("2001:db8:ffff::1", None)]), Some(1));
-        assert_eq!(find(&objects, &[hop("2001:db8:ffff::1", Some(3))]), Some(1));
-        assert_eq!(find(&objects, &[hop("2001:db8:ffff::1", Some(9))]), None);
+        assert_eq!(
+            find_any(&objects, &[hop("2001:db8:ffff::1", None)]),
+            Some(1)
+        );
+        assert_eq!(
+            find_any(&objects, &[hop("2001:db8:ffff::1", Some(3))]),
+            Some(1)
+        );
+        assert_eq!(
+            find_any(&objects, &[hop("2001:db8:ffff::1", Some(9))]),
+            None
+        );
         let both = [hop("2001:db8:fffe::1", None), hop("2001:db8:ffff::1", None)];
-        assert_eq!(find(&objects, &both), Some(3));
+        assert_eq!(find_any(&objects, &both), Some(3));
+        assert_eq!(find(&objects, &both, |id| id != 3), None);
         let other = [hop("2001:db8:fffe::1", None), hop("2001:db8:fffd::1", None)];
-        assert_eq!(find(&objects, &other), None);
-        assert_eq!(find(&objects, &[]), None);
+        assert_eq!(find_any(&objects, &other), None);
+        assert_eq!(find_any(&objects, &[]), None);
         // A group shrunk by the kernel no longer serves the set (it is grown back in place).
         let shrunk: NextHops =
             [(2, gw("2001:db8:fffe::1", 4)), (3, NextHop::Group(vec![2]))].into();
@@ -581,11 +592,13 @@ mod tests {
     }
 
     #[test]
-    fn gateway_objects_are_found_exactly_and_new_ids_are_the_lowest_free_of_the_range() {
+    fn objects_are_found_exactly_and_new_ids_are_the_lowest_free_of_the_range() {
         let objects: NextHops = [(84_000_001, gw("2001:db8:ffff::1", 3))].into();
-        let v6 = "2001:db8:ffff::1".parse().unwrap();
-        assert_eq!(gateway_object(&objects, v6, 3), Some(84_000_001));
-        assert_eq!(gateway_object(&objects, v6, 4), None);
+        assert_eq!(
+            object_id(&objects, &gw("2001:db8:ffff::1", 3)),
+            Some(84_000_001)
+        );
+        assert_eq!(object_id(&objects, &gw("2001:db8:ffff::1", 4)), None);
         let taken: HashSet<u32> = [84_000_002].into_iter().collect();
         assert_eq!(free_id(&objects, &taken, 84), Some(84_000_003));
         assert_eq!(

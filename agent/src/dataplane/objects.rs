@@ -5,16 +5,21 @@
 //! part that talks to the kernel, through [`Netlink`].
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::kernel::Hop;
 use super::netlink::{Netlink, NetlinkError};
-use super::nexthop::{self, NextHop, NextHopIds, NextHops, Write};
+use super::nexthop::{self, NextHop, NextHops, Write};
 use super::{HashMap, HashSet};
+
+/// Which object routes with a given (desired) set of next hops point at.
+type NextHopIds = HashMap<Box<[Hop]>, u32>;
 
 /// Attempts at a free id for a new object (each skips an id found taken by someone else).
 const ID_ATTEMPTS: usize = 8;
 
-/// Why a set of next hops has no object (its routes then name their gateways).
+/// Why a set of next hops has no object (its routes then name their gateways), or a gateway no
+/// member.
 #[derive(Debug, thiserror::Error)]
 pub enum NoObject {
     /// A link-local gateway means nothing without its interface.
@@ -44,6 +49,25 @@ pub enum NoObject {
     NoFreeId,
 }
 
+impl NoObject {
+    /// Whether the gateway is unreachable as things are (not a failure of ours or of the
+    /// kernel's to answer): such a gateway is left out of a group rather than failing it.
+    fn unreachable(&self) -> bool {
+        matches!(
+            self,
+            NoObject::NotDirect(_) | NoObject::LinkLocalWithoutInterface(_)
+        )
+    }
+
+    /// Whether the kernel may hold something the view does not (an answer never came).
+    fn leaves_kernel_unknown(&self) -> bool {
+        match self {
+            NoObject::Lookup { source, .. } | NoObject::Write { source, .. } => unanswered(source),
+            _ => false,
+        }
+    }
+}
+
 /// The objects' bookkeeping beyond what the kernel holds (the objects themselves are in the
 /// programmer's view of the kernel).
 #[derive(Debug)]
@@ -57,6 +81,10 @@ pub struct NextHopKeeper {
     failed: HashSet<Box<[Hop]>>,
     /// Ids found to belong to someone else, until the next resync.
     taken: HashSet<u32>,
+    /// Objects written (created, replaced, deleted) since start.
+    writes: u64,
+    /// Whether a write or lookup went unanswered: only a resync tells what the kernel holds.
+    resync_wanted: bool,
 }
 
 impl NextHopKeeper {
@@ -67,7 +95,19 @@ impl NextHopKeeper {
             ids: HashMap::default(),
             failed: HashSet::default(),
             taken: HashSet::default(),
+            writes: 0,
+            resync_wanted: false,
         }
+    }
+
+    /// Objects written since start.
+    pub fn writes(&self) -> u64 {
+        self.writes
+    }
+
+    /// Whether a write or lookup went unanswered since the last call (then a resync is due).
+    pub fn take_resync_wanted(&mut self) -> bool {
+        std::mem::take(&mut self.resync_wanted)
     }
 
     /// After a resync read `objects` afresh: forgets the ids whose object is gone, and the sets
@@ -84,6 +124,15 @@ impl NextHopKeeper {
         self.ids.get(hops).copied()
     }
 
+    /// [`Self::id`] for many routes in a row, by their shared sets.
+    pub fn ids_by_set(&self) -> SetIds<'_> {
+        SetIds {
+            keeper: self,
+            last: None,
+            seen: HashMap::default(),
+        }
+    }
+
     /// Makes sure each of `sets` has an object that serves it as well as the kernel allows
     /// (creating or regrouping objects); a set that cannot have one is logged and left to
     /// name its gateways.
@@ -98,13 +147,28 @@ impl NextHopKeeper {
                     "no nexthop object for next hops {}: {problem}; their routes name them",
                     gateways.join(", ")
                 );
+                self.resync_wanted |= problem.leaves_kernel_unknown();
                 self.failed.insert((*hops).into());
             }
         }
     }
 
-    /// The id of the object for `hops`: the one known, grown back if the kernel shrank it;
-    /// else one of ours that serves them (adopted); else a new one.
+    /// Whether group `id` is another set's (a group is one set's alone: it is regrown and
+    /// shrunk for that set; gateway objects are shared freely, and never replaced).
+    fn claimed_by_another(&self, id: u32, hops: &[Hop], objects: &NextHops) -> bool {
+        matches!(objects.get(&id), Some(NextHop::Group(_)))
+            && self
+                .ids
+                .iter()
+                .any(|(set, other)| *other == id && **set != *hops)
+    }
+
+    /// The id of the object for `hops`:
+    /// - the one it has, grown back in place if the kernel shrank it;
+    /// - else an object of ours that serves it and no other set (adopted after a restart);
+    /// - else a new one: a gateway object for one hop; for several, a new group of the
+    ///   gateways reachable now (a group the kernel shrank before a restart is adopted as that
+    ///   group if no other set has it).
     async fn ensure(
         &mut self,
         hops: &[Hop],
@@ -122,7 +186,9 @@ impl NextHopKeeper {
             }
             self.ids.remove(hops);
         }
-        if let Some(id) = nexthop::find(objects, hops) {
+        if let Some(id) = nexthop::find(objects, hops, |id| {
+            !self.claimed_by_another(id, hops, objects)
+        }) {
             self.ids.insert(hops.into(), id);
             return Ok(id);
         }
@@ -131,10 +197,9 @@ impl NextHopKeeper {
             ([single], [_]) => *single,
             _ => {
                 let group = NextHop::Group(members);
-                let existing = objects
-                    .iter()
-                    .find_map(|(id, o)| (*o == group).then_some(*id));
-                match existing {
+                let unclaimed = nexthop::object_id(objects, &group)
+                    .filter(|id| !self.claimed_by_another(*id, hops, objects));
+                match unclaimed {
                     Some(id) => id,
                     None => self.create(group, objects, nl).await?,
                 }
@@ -145,7 +210,9 @@ impl NextHopKeeper {
     }
 
     /// Gives group `id` (now `members`) a member for every gateway of `hops` that is
-    /// reachable, replacing it in place: the routes that point at it stay as they are.
+    /// reachable, replacing it in place: the routes that point at it stay as they are (the
+    /// kernel notifies each of them again, though). If a gateway's state is unknown (a lookup
+    /// or write went unanswered), the group stays as it is.
     async fn regroup(
         &mut self,
         id: u32,
@@ -154,14 +221,17 @@ impl NextHopKeeper {
         objects: &mut NextHops,
         nl: &Netlink,
     ) -> Result<(), NoObject> {
-        let Ok(wanted) = self.gateways(hops, objects, nl).await else {
+        let wanted = match self.gateways(hops, objects, nl).await {
+            Ok(wanted) => wanted,
             // None reachable: the group keeps what the kernel left it.
-            return Ok(());
+            Err(problem) if problem.unreachable() => return Ok(()),
+            Err(problem) => return Err(problem),
         };
         if wanted == members {
             return Ok(());
         }
         let group = NextHop::Group(wanted);
+        self.writes += 1;
         nl.write_nexthop(id, self.protocol, &group, Write::Replace)
             .await
             .map_err(|source| NoObject::Write { id, source })?;
@@ -169,9 +239,9 @@ impl NextHopKeeper {
         Ok(())
     }
 
-    /// The gateway objects of `hops` (sorted ids), created where missing. A hop that cannot
-    /// have one is left out of a set of several (the group serves the others), but fails a
-    /// set of one, and a set none of whose hops can.
+    /// The gateway objects of `hops` (sorted ids), created where missing. An unreachable
+    /// gateway is left out of a set of several (the group serves the others), but fails a set
+    /// of one, and a set none of whose gateways is reachable; any other problem fails the set.
     async fn gateways(
         &mut self,
         hops: &[Hop],
@@ -179,30 +249,31 @@ impl NextHopKeeper {
         nl: &Netlink,
     ) -> Result<Vec<u32>, NoObject> {
         let mut members = Vec::new();
-        let mut first_problem = None;
+        let mut unreachable = None;
         for hop in hops {
             let member = match resolve(hop, nl).await {
-                Ok(ifindex) => match nexthop::gateway_object(objects, hop.gateway, ifindex) {
-                    Some(id) => Ok(id),
-                    None => {
-                        let object = NextHop::Gateway {
-                            gateway: hop.gateway,
-                            ifindex,
-                        };
-                        self.create(object, objects, nl).await
+                Ok(ifindex) => {
+                    let object = NextHop::Gateway {
+                        gateway: hop.gateway,
+                        ifindex,
+                    };
+                    match nexthop::object_id(objects, &object) {
+                        Some(id) => Ok(id),
+                        None => self.create(object, objects, nl).await,
                     }
-                },
+                }
                 Err(problem) => Err(problem),
             };
             match member {
                 Ok(id) => members.push(id),
-                Err(problem) => {
+                Err(problem) if problem.unreachable() => {
                     tracing::debug!("next hop {} left out: {problem}", hop.gateway);
-                    first_problem.get_or_insert(problem);
+                    unreachable.get_or_insert(problem);
                 }
+                Err(problem) => return Err(problem),
             }
         }
-        match first_problem {
+        match unreachable {
             Some(problem) if members.is_empty() || hops.len() == 1 => Err(problem),
             _ => {
                 members.sort_unstable();
@@ -222,6 +293,7 @@ impl NextHopKeeper {
         for _ in 0..ID_ATTEMPTS {
             let id =
                 nexthop::free_id(objects, &self.taken, self.protocol).ok_or(NoObject::NoFreeId)?;
+            self.writes += 1;
             match nl
                 .write_nexthop(id, self.protocol, &object, Write::Create)
                 .await
@@ -243,15 +315,61 @@ impl NextHopKeeper {
     /// in the kernel) needs, and forgets the sets that pointed at them.
     pub async fn collect(&mut self, used: &HashSet<u32>, objects: &mut NextHops, nl: &Netlink) {
         for id in nexthop::unused(objects, used) {
+            self.writes += 1;
             match nl.delete_nexthop(id).await {
                 Ok(()) => {
                     objects.remove(&id);
                 }
-                Err(e) => tracing::warn!("deleting unused nexthop object {id}: {e}"),
+                Err(e) => {
+                    tracing::warn!("deleting unused nexthop object {id}: {e}");
+                    self.resync_wanted |= unanswered(&e);
+                }
             }
         }
         self.ids.retain(|_, id| objects.contains_key(id));
     }
+}
+
+/// The objects of sets of next hops, looked up by the sets' shared allocations: the routes of
+/// one set share one (`HopSets`), and a burst of 100,000 routes has a handful of sets, so a
+/// route's object is found without hashing its hops.
+#[derive(Debug)]
+pub struct SetIds<'a> {
+    keeper: &'a NextHopKeeper,
+    /// The set looked up last, and its object.
+    last: Option<(Arc<[Hop]>, Option<u32>)>,
+    /// Every set looked up, by address (holding it, so the address stays its own).
+    seen: HashMap<usize, (Arc<[Hop]>, Option<u32>)>,
+}
+
+impl SetIds<'_> {
+    /// The object routes with `hops` point at, if known.
+    pub fn of(&mut self, hops: &Arc<[Hop]>) -> Option<u32> {
+        if let Some((set, id)) = &self.last
+            && Arc::ptr_eq(set, hops)
+        {
+            return *id;
+        }
+        let address = Arc::as_ptr(hops).cast::<Hop>() as usize;
+        let id = match self.seen.get(&address) {
+            Some((_, id)) => *id,
+            None => {
+                let id = self.keeper.id(hops);
+                self.seen.insert(address, (Arc::clone(hops), id));
+                id
+            }
+        };
+        self.last = Some((Arc::clone(hops), id));
+        id
+    }
+}
+
+/// Whether a request went unanswered (so whether it was done is unknown).
+fn unanswered(e: &NetlinkError) -> bool {
+    matches!(
+        e,
+        NetlinkError::Timeout { .. } | NetlinkError::AnswersLost | NetlinkError::Closed
+    )
 }
 
 /// The interface a hop's gateway is directly reachable through: its own, or the kernel's

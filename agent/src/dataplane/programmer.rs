@@ -589,15 +589,12 @@ impl Task {
     /// Gives every set of next hops of the desired state a nexthop object (creating or
     /// regrouping objects as needed), and each desired gateway route the id of its set's.
     async fn prepare_nexthops(&mut self) {
-        let Some(objects) = &mut self.view.nexthops else {
-            return;
-        };
         let sets = distinct_sets(self.desired.routes.values().map(|(route, _)| route));
-        let sets: Vec<&[Hop]> = sets.iter().map(|hops| &hops[..]).collect();
-        self.nexthops.prepare(&sets, objects, &self.nl).await;
+        self.prepare_sets(&sets).await;
+        let mut ids = self.nexthops.ids_by_set();
         for (route, _) in self.desired.routes.values_mut() {
             if let RouteTarget::Gateways(hops) = &route.target {
-                route.nexthop = self.nexthops.id(hops);
+                route.nexthop = ids.of(hops);
             }
         }
     }
@@ -606,9 +603,6 @@ impl Task {
     /// new when the round was planned) the object of their set, creating it; in the desired
     /// state too.
     async fn prepare_round_nexthops(&mut self, ops: &mut [Op]) {
-        let Some(objects) = &mut self.view.nexthops else {
-            return;
-        };
         let unknown = ops.iter().filter_map(|op| match op {
             Op::ReplaceRoute(_, route) if route.nexthop.is_none() => Some(route),
             _ => None,
@@ -617,13 +611,13 @@ impl Task {
         if sets.is_empty() {
             return;
         }
-        let sets: Vec<&[Hop]> = sets.iter().map(|hops| &hops[..]).collect();
-        self.nexthops.prepare(&sets, objects, &self.nl).await;
+        self.prepare_sets(&sets).await;
+        let mut ids = self.nexthops.ids_by_set();
         for op in ops {
             if let Op::ReplaceRoute(key, route) = op
                 && route.nexthop.is_none()
                 && let RouteTarget::Gateways(hops) = &route.target
-                && let Some(id) = self.nexthops.id(hops)
+                && let Some(id) = ids.of(hops)
             {
                 route.nexthop = Some(id);
                 if let Some((desired, _)) = self.desired.routes.get_mut(key) {
@@ -631,6 +625,17 @@ impl Task {
                 }
             }
         }
+    }
+
+    /// Has the keeper give each of `sets` an object (creating or regrouping objects); an
+    /// unanswered request makes a resync due.
+    async fn prepare_sets(&mut self, sets: &[Arc<[Hop]>]) {
+        let Some(objects) = &mut self.view.nexthops else {
+            return;
+        };
+        let sets: Vec<&[Hop]> = sets.iter().map(|hops| &hops[..]).collect();
+        self.nexthops.prepare(&sets, objects, &self.nl).await;
+        self.resync_due |= self.nexthops.take_resync_wanted();
     }
 
     /// Deletes our nexthop objects that no route of ours, desired or in the kernel, points at.
@@ -653,6 +658,7 @@ impl Task {
             }
         }
         self.nexthops.collect(&used, objects, &self.nl).await;
+        self.resync_due |= self.nexthops.take_resync_wanted();
     }
 
     /// Records in the view what of `ops` (written since `started`) succeeded, and returns
@@ -755,6 +761,7 @@ impl Task {
         // In address order: the kernel inserts neighbouring prefixes into its tree much faster
         // than scattered ones (the path down the tree stays in cache).
         let round = std::iter::from_fn(|| self.dirty_learned.pop_first()).take(LEARNED_ROUND);
+        let mut ids = self.nexthops.ids_by_set();
         for prefix in round.collect::<Vec<_>>() {
             if is_in_flight(&desired::learned_key(prefix, &self.cfg)) {
                 later.push(prefix);
@@ -773,7 +780,7 @@ impl Task {
             if let Some((route, _)) = self.desired.routes.get_mut(&key)
                 && let RouteTarget::Gateways(hops) = &route.target
             {
-                route.nexthop = self.nexthops.id(hops);
+                route.nexthop = ids.of(hops);
             }
             if !self.complete.learned {
                 if route.is_some() {
@@ -908,6 +915,7 @@ impl Task {
             learned_routes: self.learned.len(),
             learned_problems,
             kernel_writes: self.stats.kernel_writes,
+            nexthop_writes: self.nexthops.writes(),
             resyncs: self.stats.resyncs,
             last_apply: self.stats.last_apply,
             last_resync: self.stats.last_resync,
@@ -915,13 +923,15 @@ impl Task {
     }
 }
 
-/// The distinct next-hop sets of these routes' gateways (they are shared: a handful, however
-/// many routes).
+/// The distinct next-hop sets of these routes' gateways (shared: a handful, however many
+/// routes), by their allocations.
 fn distinct_sets<'a>(routes: impl Iterator<Item = &'a Route>) -> Vec<Arc<[Hop]>> {
+    let mut seen = HashSet::default();
     let mut sets: Vec<Arc<[Hop]>> = Vec::new();
     for route in routes {
         if let RouteTarget::Gateways(hops) = &route.target
-            && !sets.iter().any(|known| Arc::ptr_eq(known, hops))
+            && !sets.last().is_some_and(|last| Arc::ptr_eq(last, hops))
+            && seen.insert(Arc::as_ptr(hops).cast::<Hop>() as usize)
         {
             sets.push(Arc::clone(hops));
         }

@@ -179,8 +179,10 @@ pub struct Snapshot {
     pub learned_routes: usize,
     /// Problems with learned routes (`<prefix>: <problem>`).
     pub learned_problems: Vec<String>,
-    /// Netlink write operations sent since start.
+    /// Route and neighbour writes sent since start.
     pub kernel_writes: u64,
+    /// Nexthop object writes (created, replaced, deleted) sent since start.
+    pub nexthop_writes: u64,
     /// Full resyncs done since start.
     pub resyncs: u64,
     /// Duration of the last apply of kernel operations.
