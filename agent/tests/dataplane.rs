@@ -695,15 +695,22 @@ fn sets_with_the_same_reachable_gateways_get_groups_of_their_own() {
     ns.ip(&["link", "set", &u3.hv_if, "down"]).unwrap();
     let two: IpNet = "203.0.113.0/25".parse().unwrap();
     let three: IpNet = "203.0.113.128/25".parse().unwrap();
-    let p = InNamespace::start(ns, DataplaneConfig::default());
     let gateways = [u1.tor_v4, u2.tor_v4, u3.tor_v4].map(IpAddr::from);
-    block_on(
-        p.handle
-            .set_learned_route(learned_via(two, gateways[..2].to_vec())),
-    )
-    .unwrap();
-    block_on(p.handle.set_learned_route(learned_via(three, gateways))).unwrap();
-    p.complete();
+    let start = |first: IpNet| {
+        let p = InNamespace::start(ns, DataplaneConfig::default());
+        let two_route = learned_via(two, gateways[..2].to_vec());
+        let three_route = learned_via(three, gateways);
+        let routes = if first == two {
+            [two_route, three_route]
+        } else {
+            [three_route, two_route]
+        };
+        for route in routes {
+            block_on(p.handle.set_learned_route(route)).unwrap();
+        }
+        p.complete();
+        p
+    };
     let route = |dst: IpNet| {
         ns.kernel_routes(false)
             .unwrap()
@@ -717,9 +724,22 @@ fn sets_with_the_same_reachable_gateways_get_groups_of_their_own() {
         })
         .unwrap()
     };
+    let p = start(two);
     let first = until("two through a group", two, 2).nexthop_id;
     let second = until("three through a group, C left out", three, 2).nexthop_id;
     assert_ne!(first, second);
+
+    // A restart (the other set learned first) takes both groups back as they are.
+    p.stop();
+    let p = start(three);
+    let snap = p.snapshot();
+    assert_eq!(
+        (snap.kernel_writes, snap.nexthop_writes),
+        (0, 0),
+        "{snap:?}"
+    );
+    assert_eq!(route(two).unwrap().nexthop_id, first);
+    assert_eq!(route(three).unwrap().nexthop_id, second);
 
     ns.ip(&["link", "set", &u3.hv_if, "up"]).unwrap();
     until("three through all three", three, 3);

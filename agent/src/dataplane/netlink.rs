@@ -45,6 +45,8 @@ const ESRCH: i32 = 3;
 const ENOBUFS: i32 = 105;
 const EEXIST: i32 = 17;
 const EOPNOTSUPP: i32 = 95;
+const EACCES: i32 = 13;
+const EINVAL: i32 = 22;
 const ENETUNREACH: i32 = 101;
 const EHOSTUNREACH: i32 = 113;
 
@@ -351,8 +353,10 @@ impl Netlink {
             .await;
         match looked_up {
             Ok(()) => Ok(direct),
+            // No route, or an unreachable, blackhole or prohibit one: not reachable.
             Err(NetlinkError::Refused { source, .. })
-                if [ENETUNREACH, EHOSTUNREACH].contains(&source.raw_os_error().unwrap_or(0)) =>
+                if [ENETUNREACH, EHOSTUNREACH, EINVAL, EACCES]
+                    .contains(&source.raw_os_error().unwrap_or(0)) =>
             {
                 Ok(None)
             }

@@ -277,36 +277,48 @@ impl NetlinkDeserializable for NextHopMessage {
 /// for one hop, a group with one member per hop for several. A hop without an interface
 /// matches a gateway object for that gateway on any interface.
 pub fn serves(objects: &NextHops, id: u32, hops: &[Hop]) -> bool {
+    match (objects.get(&id), hops) {
+        (Some(NextHop::Group(members)), [_, _, ..]) => {
+            members.len() == hops.len() && serves_some(objects, id, hops)
+        }
+        (Some(NextHop::Gateway { .. }), [_]) => serves_some(objects, id, hops),
+        _ => false,
+    }
+}
+
+/// Whether object `id` serves some of `hops`: a gateway object one of them, a group some of
+/// them, one member each (a group the kernel shrank when an uplink went down).
+pub fn serves_some(objects: &NextHops, id: u32, hops: &[Hop]) -> bool {
     let matches = |hop: &Hop, object: &NextHop| match object {
         NextHop::Gateway { gateway, ifindex } => {
             hop.gateway == *gateway && hop.ifindex.is_none_or(|i| i == *ifindex)
         }
         NextHop::Group(_) => false,
     };
-    match (objects.get(&id), hops) {
-        (None, _) | (_, []) => false,
-        (Some(object), [hop]) => matches(hop, object),
-        (Some(NextHop::Group(members)), hops) => {
-            let Some(mut gateways) = members
+    match objects.get(&id) {
+        None => false,
+        Some(NextHop::Group(members)) => {
+            let Some(gateways) = members
                 .iter()
                 .map(|m| objects.get(m))
                 .collect::<Option<Vec<_>>>()
             else {
                 return false;
             };
-            // Each hop takes a member of its own.
-            members.len() == hops.len()
-                && hops
+            // Each member takes a hop of its own.
+            let mut free: Vec<&Hop> = hops.iter().collect();
+            !gateways.is_empty()
+                && gateways
                     .iter()
-                    .all(|hop| match gateways.iter().position(|g| matches(hop, g)) {
+                    .all(|g| match free.iter().position(|hop| matches(hop, g)) {
                         Some(at) => {
-                            gateways.swap_remove(at);
+                            free.swap_remove(at);
                             true
                         }
                         None => false,
                     })
         }
-        (Some(NextHop::Gateway { .. }), _) => false,
+        Some(object) => hops.iter().any(|hop| matches(hop, object)),
     }
 }
 
@@ -319,11 +331,15 @@ pub fn find(objects: &NextHops, hops: &[Hop], usable: impl Fn(u32) -> bool) -> O
         .find(|id| serves(objects, *id, hops) && usable(*id))
 }
 
-/// Our object that is exactly `object`, the lowest id if several are.
-pub fn object_id(objects: &NextHops, object: &NextHop) -> Option<u32> {
+/// Our object that is exactly `object` and that `usable` accepts, the lowest id if several are.
+pub fn object_id(
+    objects: &NextHops,
+    object: &NextHop,
+    usable: impl Fn(u32) -> bool,
+) -> Option<u32> {
     objects
         .iter()
-        .find_map(|(id, o)| (o == object).then_some(*id))
+        .find_map(|(id, o)| (o == object && usable(*id)).then_some(*id))
 }
 
 /// The lowest id of the protocol's range that is neither ours already nor `taken` (found to
@@ -588,17 +604,29 @@ mod tests {
         let shrunk: NextHops =
             [(2, gw("2001:db8:fffe::1", 4)), (3, NextHop::Group(vec![2]))].into();
         assert!(!serves(&shrunk, 3, &both));
+        assert!(serves_some(&shrunk, 3, &both));
         assert!(serves(&objects, 3, &both));
+        // A gateway object serves some of a set with its gateway; a group none of a set
+        // without one of its members.
+        assert!(serves_some(&objects, 1, &both) && !serves(&objects, 1, &both));
+        assert!(!serves_some(&objects, 3, &[hop("2001:db8:ffff::1", None)]));
     }
 
     #[test]
     fn objects_are_found_exactly_and_new_ids_are_the_lowest_free_of_the_range() {
         let objects: NextHops = [(84_000_001, gw("2001:db8:ffff::1", 3))].into();
         assert_eq!(
-            object_id(&objects, &gw("2001:db8:ffff::1", 3)),
+            object_id(&objects, &gw("2001:db8:ffff::1", 3), |_| true),
             Some(84_000_001)
         );
-        assert_eq!(object_id(&objects, &gw("2001:db8:ffff::1", 4)), None);
+        assert_eq!(
+            object_id(&objects, &gw("2001:db8:ffff::1", 4), |_| true),
+            None
+        );
+        assert_eq!(
+            object_id(&objects, &gw("2001:db8:ffff::1", 3), |id| id != 84_000_001),
+            None
+        );
         let taken: HashSet<u32> = [84_000_002].into_iter().collect();
         assert_eq!(free_id(&objects, &taken, 84), Some(84_000_003));
         assert_eq!(

@@ -134,19 +134,29 @@ impl NextHopKeeper {
     }
 
     /// Makes sure each of `sets` has an object that serves it as well as the kernel allows
-    /// (creating or regrouping objects); a set that cannot have one is logged and left to
-    /// name its gateways.
-    pub async fn prepare(&mut self, sets: &[&[Hop]], objects: &mut NextHops, nl: &Netlink) {
-        for hops in sets {
+    /// (creating or regrouping objects). Each set comes with a hint: the object one of its
+    /// routes points at in the kernel, which it takes back if no other set has it (after a
+    /// restart); sets with a hint go first. A set that cannot have an object is logged and
+    /// left to name its gateways.
+    pub async fn prepare(
+        &mut self,
+        sets: &[(&[Hop], Option<u32>)],
+        objects: &mut NextHops,
+        nl: &Netlink,
+    ) {
+        let hinted = sets.iter().filter(|(_, hint)| hint.is_some());
+        let unhinted = sets.iter().filter(|(_, hint)| hint.is_none());
+        for (hops, hint) in hinted.chain(unhinted) {
             if hops.is_empty() || self.failed.contains(*hops) {
                 continue;
             }
-            if let Err(problem) = self.ensure(hops, objects, nl).await {
+            if let Err(problem) = self.ensure(hops, *hint, objects, nl).await {
                 let gateways: Vec<String> = hops.iter().map(|h| h.gateway.to_string()).collect();
-                tracing::warn!(
-                    "no nexthop object for next hops {}: {problem}; their routes name them",
-                    gateways.join(", ")
-                );
+                let fallback = match self.id(hops) {
+                    Some(id) => format!("nexthop object {id} stays as it is"),
+                    None => "their routes name them".to_owned(),
+                };
+                tracing::warn!("next hops {}: {problem}; {fallback}", gateways.join(", "));
                 self.resync_wanted |= problem.leaves_kernel_unknown();
                 self.failed.insert((*hops).into());
             }
@@ -163,42 +173,63 @@ impl NextHopKeeper {
                 .any(|(set, other)| *other == id && **set != *hops)
     }
 
+    /// Whether `hops` may take object `id` as its own: no other set has it, and it serves
+    /// some of them (a gateway object one, a group some, as the kernel may have shrunk it).
+    fn adoptable(&self, id: u32, hops: &[Hop], objects: &NextHops) -> bool {
+        let kind_fits = match objects.get(&id) {
+            Some(NextHop::Group(_)) => hops.len() > 1,
+            Some(NextHop::Gateway { .. }) => hops.len() == 1,
+            None => false,
+        };
+        kind_fits
+            && nexthop::serves_some(objects, id, hops)
+            && !self.claimed_by_another(id, hops, objects)
+    }
+
     /// The id of the object for `hops`:
-    /// - the one it has, grown back in place if the kernel shrank it;
-    /// - else an object of ours that serves it and no other set (adopted after a restart);
+    /// - the one it has;
+    /// - else `hint`, the object its routes point at in the kernel, if it may take it
+    ///   ([`Self::adoptable`]: after a restart, its own);
+    /// - else an object of ours that serves it and no other set;
     /// - else a new one: a gateway object for one hop; for several, a new group of the
-    ///   gateways reachable now (a group the kernel shrank before a restart is adopted as that
-    ///   group if no other set has it).
+    ///   gateways reachable now (or an existing group of exactly those no other set has).
+    ///
+    /// A group it has or takes is grown back in place if the kernel shrank it.
     async fn ensure(
         &mut self,
         hops: &[Hop],
+        hint: Option<u32>,
         objects: &mut NextHops,
         nl: &Netlink,
     ) -> Result<u32, NoObject> {
         if let Some(id) = self.id(hops) {
-            if nexthop::serves(objects, id, hops) {
-                return Ok(id);
-            }
-            if let (Some(NextHop::Group(members)), [_, _, ..]) = (objects.get(&id), hops) {
-                let members = members.clone();
-                self.regroup(id, &members, hops, objects, nl).await?;
+            if self.keeps(id, hops, objects, nl).await? {
                 return Ok(id);
             }
             self.ids.remove(hops);
         }
-        if let Some(id) = nexthop::find(objects, hops, |id| {
-            !self.claimed_by_another(id, hops, objects)
-        }) {
+        let adopted = hint
+            .filter(|id| self.adoptable(*id, hops, objects))
+            .or_else(|| {
+                nexthop::find(objects, hops, |id| {
+                    !self.claimed_by_another(id, hops, objects)
+                })
+            });
+        if let Some(id) = adopted {
             self.ids.insert(hops.into(), id);
-            return Ok(id);
+            if self.keeps(id, hops, objects, nl).await? {
+                return Ok(id);
+            }
+            self.ids.remove(hops);
         }
         let members = self.gateways(hops, objects, nl).await?;
         let id = match (&members[..], hops) {
             ([single], [_]) => *single,
             _ => {
                 let group = NextHop::Group(members);
-                let unclaimed = nexthop::object_id(objects, &group)
-                    .filter(|id| !self.claimed_by_another(*id, hops, objects));
+                let unclaimed = nexthop::object_id(objects, &group, |id| {
+                    !self.claimed_by_another(id, hops, objects)
+                });
                 match unclaimed {
                     Some(id) => id,
                     None => self.create(group, objects, nl).await?,
@@ -209,10 +240,32 @@ impl NextHopKeeper {
         Ok(id)
     }
 
+    /// Whether object `id` (the set's) still serves `hops`, a group after being grown back
+    /// in place if the kernel shrank it; `false` when it is gone or no longer fits.
+    async fn keeps(
+        &mut self,
+        id: u32,
+        hops: &[Hop],
+        objects: &mut NextHops,
+        nl: &Netlink,
+    ) -> Result<bool, NoObject> {
+        if nexthop::serves(objects, id, hops) {
+            return Ok(true);
+        }
+        match (objects.get(&id), hops) {
+            (Some(NextHop::Group(members)), [_, _, ..]) => {
+                let members = members.clone();
+                self.regroup(id, &members, hops, objects, nl).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Gives group `id` (now `members`) a member for every gateway of `hops` that is
     /// reachable, replacing it in place: the routes that point at it stay as they are (the
-    /// kernel notifies each of them again, though). If a gateway's state is unknown (a lookup
-    /// or write went unanswered), the group stays as it is.
+    /// kernel notifies each of them again, though). If a lookup or write fails for any reason
+    /// but an unreachable gateway, the group stays as it is.
     async fn regroup(
         &mut self,
         id: u32,
@@ -257,7 +310,7 @@ impl NextHopKeeper {
                         gateway: hop.gateway,
                         ifindex,
                     };
-                    match nexthop::object_id(objects, &object) {
+                    match nexthop::object_id(objects, &object, |_| true) {
                         Some(id) => Ok(id),
                         None => self.create(object, objects, nl).await,
                     }

@@ -11,7 +11,6 @@ use netlink_packet_route::RouteNetlinkMessage;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::HashSet;
 use super::desired::{self, Desired, Owner};
 use super::kernel::{Hop, HopSets, KernelView, Route, RouteKey, RouteTarget};
 use super::messages;
@@ -22,6 +21,7 @@ use super::types::{
     DataplaneConfig, DesiredEndpoint, EndpointStatus, LearnedRoute, LearnedRoutes, ProgrammedRoute,
     RouteEvent, Snapshot,
 };
+use super::{HashMap, HashSet};
 
 /// Commands queued before the task applies back-pressure.
 const COMMAND_QUEUE: usize = 4096;
@@ -589,7 +589,12 @@ impl Task {
     /// Gives every set of next hops of the desired state a nexthop object (creating or
     /// regrouping objects as needed), and each desired gateway route the id of its set's.
     async fn prepare_nexthops(&mut self) {
-        let sets = distinct_sets(self.desired.routes.values().map(|(route, _)| route));
+        let routes = self
+            .desired
+            .routes
+            .iter()
+            .map(|(key, (route, _))| (key, route));
+        let sets = self.sets_with_hints(routes);
         self.prepare_sets(&sets).await;
         let mut ids = self.nexthops.ids_by_set();
         for (route, _) in self.desired.routes.values_mut() {
@@ -604,10 +609,10 @@ impl Task {
     /// state too.
     async fn prepare_round_nexthops(&mut self, ops: &mut [Op]) {
         let unknown = ops.iter().filter_map(|op| match op {
-            Op::ReplaceRoute(_, route) if route.nexthop.is_none() => Some(route),
+            Op::ReplaceRoute(key, route) if route.nexthop.is_none() => Some((key, route)),
             _ => None,
         });
-        let sets = distinct_sets(unknown);
+        let sets = self.sets_with_hints(unknown);
         if sets.is_empty() {
             return;
         }
@@ -627,13 +632,48 @@ impl Task {
         }
     }
 
+    /// The distinct next-hop sets of these gateway routes (shared: a handful, however many
+    /// routes), found by their allocations. A set without an object yet comes with a hint:
+    /// the object one of its routes points at in the kernel (after a restart, its own).
+    fn sets_with_hints<'a>(
+        &self,
+        routes: impl Iterator<Item = (&'a RouteKey, &'a Route)>,
+    ) -> Vec<SetToPrepare> {
+        let mut sets: Vec<SetToPrepare> = Vec::new();
+        let mut index: HashMap<usize, usize> = HashMap::default();
+        for (key, route) in routes {
+            let RouteTarget::Gateways(hops) = &route.target else {
+                continue;
+            };
+            let at = match sets.last() {
+                Some(last) if Arc::ptr_eq(&last.hops, hops) => sets.len() - 1,
+                _ => *index
+                    .entry(Arc::as_ptr(hops).cast::<Hop>() as usize)
+                    .or_insert_with(|| {
+                        sets.push(SetToPrepare {
+                            hops: Arc::clone(hops),
+                            hint: None,
+                            wants_hint: self.nexthops.id(hops).is_none(),
+                        });
+                        sets.len() - 1
+                    }),
+            };
+            let set = &mut sets[at];
+            if set.wants_hint && set.hint.is_none() {
+                set.hint = self.view.routes.get(key).and_then(|r| r.nexthop);
+            }
+        }
+        sets
+    }
+
     /// Has the keeper give each of `sets` an object (creating or regrouping objects); an
     /// unanswered request makes a resync due.
-    async fn prepare_sets(&mut self, sets: &[Arc<[Hop]>]) {
+    async fn prepare_sets(&mut self, sets: &[SetToPrepare]) {
         let Some(objects) = &mut self.view.nexthops else {
             return;
         };
-        let sets: Vec<&[Hop]> = sets.iter().map(|hops| &hops[..]).collect();
+        let sets: Vec<(&[Hop], Option<u32>)> =
+            sets.iter().map(|set| (&set.hops[..], set.hint)).collect();
         self.nexthops.prepare(&sets, objects, &self.nl).await;
         self.resync_due |= self.nexthops.take_resync_wanted();
     }
@@ -923,20 +963,12 @@ impl Task {
     }
 }
 
-/// The distinct next-hop sets of these routes' gateways (shared: a handful, however many
-/// routes), by their allocations.
-fn distinct_sets<'a>(routes: impl Iterator<Item = &'a Route>) -> Vec<Arc<[Hop]>> {
-    let mut seen = HashSet::default();
-    let mut sets: Vec<Arc<[Hop]>> = Vec::new();
-    for route in routes {
-        if let RouteTarget::Gateways(hops) = &route.target
-            && !sets.last().is_some_and(|last| Arc::ptr_eq(last, hops))
-            && seen.insert(Arc::as_ptr(hops).cast::<Hop>() as usize)
-        {
-            sets.push(Arc::clone(hops));
-        }
-    }
-    sets
+/// A set of next hops for the keeper, with the object its routes point at in the kernel.
+struct SetToPrepare {
+    hops: Arc<[Hop]>,
+    hint: Option<u32>,
+    /// The keeper has no object for it yet.
+    wants_hint: bool,
 }
 
 fn describe(op: &Op) -> String {
