@@ -94,6 +94,23 @@ pub enum NetlinkError {
     },
 }
 
+impl NetlinkError {
+    /// Whether the request went unanswered, so whether it was done is unknown (only a
+    /// resync tells).
+    pub fn unanswered(&self) -> bool {
+        matches!(
+            self,
+            NetlinkError::Timeout { .. } | NetlinkError::AnswersLost | NetlinkError::Closed
+        )
+    }
+
+    /// Whether the kernel refused a request with one of these errnos.
+    fn refused_with(&self, errnos: &[i32]) -> bool {
+        matches!(self, NetlinkError::Refused { source, .. }
+            if source.raw_os_error().is_some_and(|e| errnos.contains(&e)))
+    }
+}
+
 fn kernel_error(code: NonZeroI32) -> io::Error {
     io::Error::from_raw_os_error(-code.get())
 }
@@ -269,11 +286,7 @@ impl Netlink {
             .await;
         match dumped {
             Ok(()) => Ok(Some(objects)),
-            Err(NetlinkError::Refused { source, .. })
-                if source.raw_os_error() == Some(EOPNOTSUPP) =>
-            {
-                Ok(None)
-            }
+            Err(e) if e.refused_with(&[EOPNOTSUPP]) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -293,9 +306,7 @@ impl Netlink {
             .converse("a nexthop object", request, self.timeout, drop)
             .await
         {
-            Err(NetlinkError::Refused { source, .. }) if source.raw_os_error() == Some(EEXIST) => {
-                Err(NetlinkError::NextHopIdTaken(id))
-            }
+            Err(e) if e.refused_with(&[EEXIST]) => Err(NetlinkError::NextHopIdTaken(id)),
             outcome => outcome,
         }
     }
@@ -308,9 +319,7 @@ impl Netlink {
             .converse("a nexthop deletion", request, self.timeout, drop)
             .await
         {
-            Err(NetlinkError::Refused { source, .. }) if source.raw_os_error() == Some(ENOENT) => {
-                Ok(())
-            }
+            Err(e) if e.refused_with(&[ENOENT]) => Ok(()),
             outcome => outcome,
         }
     }
@@ -319,13 +328,12 @@ impl Netlink {
     /// lookup; `None` when it is reached through another gateway (or not at all).
     pub async fn gateway_interface(&self, gateway: IpAddr) -> Result<Option<u32>, NetlinkError> {
         let mut lookup = RouteMessage::default();
-        lookup.header.address_family = match gateway {
-            IpAddr::V4(_) => AddressFamily::Inet,
-            IpAddr::V6(_) => AddressFamily::Inet6,
-        };
-        lookup.header.destination_prefix_length = match gateway {
-            IpAddr::V4(_) => 32,
-            IpAddr::V6(_) => 128,
+        (
+            lookup.header.address_family,
+            lookup.header.destination_prefix_length,
+        ) = match gateway {
+            IpAddr::V4(_) => (AddressFamily::Inet, 32),
+            IpAddr::V6(_) => (AddressFamily::Inet6, 128),
         };
         lookup
             .attributes
@@ -354,12 +362,7 @@ impl Netlink {
         match looked_up {
             Ok(()) => Ok(direct),
             // No route, or an unreachable, blackhole or prohibit one: not reachable.
-            Err(NetlinkError::Refused { source, .. })
-                if [ENETUNREACH, EHOSTUNREACH, EINVAL, EACCES]
-                    .contains(&source.raw_os_error().unwrap_or(0)) =>
-            {
-                Ok(None)
-            }
+            Err(e) if e.refused_with(&[ENETUNREACH, EHOSTUNREACH, EINVAL, EACCES]) => Ok(None),
             Err(e) => Err(e),
         }
     }

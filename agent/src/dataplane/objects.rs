@@ -62,7 +62,7 @@ impl NoObject {
     /// Whether the kernel may hold something the view does not (an answer never came).
     fn leaves_kernel_unknown(&self) -> bool {
         match self {
-            NoObject::Lookup { source, .. } | NoObject::Write { source, .. } => unanswered(source),
+            NoObject::Lookup { source, .. } | NoObject::Write { source, .. } => source.unanswered(),
             _ => false,
         }
     }
@@ -375,7 +375,7 @@ impl NextHopKeeper {
                 }
                 Err(e) => {
                     tracing::warn!("deleting unused nexthop object {id}: {e}");
-                    self.resync_wanted |= unanswered(&e);
+                    self.resync_wanted |= e.unanswered();
                 }
             }
         }
@@ -415,14 +415,6 @@ impl SetIds<'_> {
         self.last = Some((Arc::clone(hops), id));
         id
     }
-}
-
-/// Whether a request went unanswered (so whether it was done is unknown).
-fn unanswered(e: &NetlinkError) -> bool {
-    matches!(
-        e,
-        NetlinkError::Timeout { .. } | NetlinkError::AnswersLost | NetlinkError::Closed
-    )
 }
 
 /// The interface a hop's gateway is directly reachable through: its own, or the kernel's

@@ -719,7 +719,7 @@ impl Task {
             match outcome {
                 Ok(()) => reconcile::record(&mut self.view, op),
                 Err(e) => {
-                    if matches!(e, NetlinkError::Timeout { .. } | NetlinkError::AnswersLost) {
+                    if e.unanswered() {
                         self.resync_due = true;
                     }
                     failed.push((op.clone(), format!("{}: {e}", describe(op))));
