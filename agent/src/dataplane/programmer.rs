@@ -606,8 +606,10 @@ impl Task {
 
     /// Gives the gateway routes `ops` write that have no nexthop object yet (their sets were
     /// new when the round was planned) the object of their set, creating it; in the desired
-    /// state too.
-    async fn prepare_round_nexthops(&mut self, ops: &mut [Op]) {
+    /// state too. A write the kernel's route already satisfies with that object goes: after a
+    /// restart, a set takes back the object its routes point at, and the routes stay as they
+    /// are.
+    async fn prepare_round_nexthops(&mut self, ops: &mut Vec<Op>) {
         let unknown = ops.iter().filter_map(|op| match op {
             Op::ReplaceRoute(key, route) if route.nexthop.is_none() => Some((key, route)),
             _ => None,
@@ -618,18 +620,29 @@ impl Task {
         }
         self.prepare_sets(&sets).await;
         let mut ids = self.nexthops.ids_by_set();
-        for op in ops {
-            if let Op::ReplaceRoute(key, route) = op
-                && route.nexthop.is_none()
-                && let RouteTarget::Gateways(hops) = &route.target
-                && let Some(id) = ids.of(hops)
-            {
-                route.nexthop = Some(id);
-                if let Some((desired, _)) = self.desired.routes.get_mut(key) {
-                    desired.nexthop = Some(id);
-                }
+        ops.retain_mut(|op| {
+            let Op::ReplaceRoute(key, route) = op else {
+                return true;
+            };
+            if route.nexthop.is_some() {
+                return true;
             }
-        }
+            let RouteTarget::Gateways(hops) = &route.target else {
+                return true;
+            };
+            let Some(id) = ids.of(hops) else {
+                return true;
+            };
+            route.nexthop = Some(id);
+            if let Some((desired, _)) = self.desired.routes.get_mut(key) {
+                desired.nexthop = Some(id);
+            }
+            !self
+                .view
+                .routes
+                .get(key)
+                .is_some_and(|have| route.satisfied_by(have))
+        });
     }
 
     /// The distinct next-hop sets of these gateway routes (shared: a handful, however many
