@@ -126,6 +126,11 @@ fn vms_ping_their_gateway_and_each_other_through_programmed_taps() {
             .unwrap(),
         "0"
     );
+    // No random delay before answering by proxy (the kernel's default is up to 0.8 s).
+    for family in ["ipv4", "ipv6"] {
+        let key = format!("net.{family}.neigh.{tap1}.proxy_delay");
+        assert_eq!(ns.read_sysctl(&key).unwrap(), "0", "{key}");
+    }
 
     let a = tb.vm(vm1).unwrap().ns();
     for to in ["198.51.100.1", "2001:db8:100::1"] {

@@ -282,7 +282,10 @@ async fn security_groups_filter_real_packets_across_two_hypervisors() {
     let (web, db, app, client) = (vms[0], vms[1], vms[2], vms[3]);
     // Before any rules everything flows (the bed itself works).
     let _db_servers = serve(&tb, db, &[8080], &[]);
-    assert!(probe(&tb, client, db, Protocol::Tcp, 8080, false).is_allowed());
+    assert_eq!(
+        probe(&tb, client, db, Protocol::Tcp, 8080, false),
+        ProbeOutcome::Allowed
+    );
 
     let mut cloud = Cloud {
         sgs: security_groups(),
@@ -331,17 +334,20 @@ async fn security_groups_filter_real_packets_across_two_hypervisors() {
     let _client_servers = serve(&tb, client, &[8080], &[]);
     for v6 in [false, true] {
         // Remote group: app (default, other hypervisor) reaches web and db on any port.
-        assert!(
-            probe(&tb, app, web, Protocol::Tcp, 8080, v6).is_allowed(),
+        assert_eq!(
+            probe(&tb, app, web, Protocol::Tcp, 8080, v6),
+            ProbeOutcome::Allowed,
             "v6={v6}"
         );
-        assert!(
-            probe(&tb, app, db, Protocol::Tcp, 8080, v6).is_allowed(),
+        assert_eq!(
+            probe(&tb, app, db, Protocol::Tcp, 8080, v6),
+            ProbeOutcome::Allowed,
             "v6={v6}"
         );
         // client is not in default: only web's public rules apply.
-        assert!(
-            probe(&tb, client, web, Protocol::Tcp, 80, v6).is_allowed(),
+        assert_eq!(
+            probe(&tb, client, web, Protocol::Tcp, 80, v6),
+            ProbeOutcome::Allowed,
             "v6={v6}"
         );
         assert_eq!(
@@ -349,8 +355,9 @@ async fn security_groups_filter_real_packets_across_two_hypervisors() {
             ProbeOutcome::TimedOut,
             "v6={v6}"
         );
-        assert!(
-            probe(&tb, client, web, Protocol::Udp, 7050, v6).is_allowed(),
+        assert_eq!(
+            probe(&tb, client, web, Protocol::Udp, 7050, v6),
+            ProbeOutcome::Allowed,
             "range, v6={v6}"
         );
         assert_eq!(
@@ -366,8 +373,9 @@ async fn security_groups_filter_real_packets_across_two_hypervisors() {
             "v6={v6}"
         );
         // The rules after the invalid ones still work; the invalid ones allow nothing.
-        assert!(
-            probe(&tb, client, web, Protocol::Tcp, 8081, v6).is_allowed(),
+        assert_eq!(
+            probe(&tb, client, web, Protocol::Tcp, 8081, v6),
+            ProbeOutcome::Allowed,
             "v6={v6}"
         );
         assert_eq!(
@@ -392,8 +400,9 @@ async fn security_groups_filter_real_packets_across_two_hypervisors() {
         "{outcomes:?}"
     );
     for v6 in [false, true] {
-        assert!(
-            probe(&tb, client, db, Protocol::Tcp, 8080, v6).is_allowed(),
+        assert_eq!(
+            probe(&tb, client, db, Protocol::Tcp, 8080, v6),
+            ProbeOutcome::Allowed,
             "v6={v6}"
         );
     }
@@ -417,8 +426,9 @@ async fn security_groups_filter_real_packets_across_two_hypervisors() {
         "{outcomes:?}"
     );
     for v6 in [false, true] {
-        assert!(
-            probe(&tb, client, web, Protocol::Tcp, 8080, v6).is_allowed(),
+        assert_eq!(
+            probe(&tb, client, web, Protocol::Tcp, 8080, v6),
+            ProbeOutcome::Allowed,
             "v6={v6}"
         );
         assert_eq!(

@@ -536,6 +536,9 @@ impl Testbed {
             (format!("net.ipv4.conf.{tap}.forwarding"), "1"),
             (format!("net.ipv6.conf.{tap}.accept_ra"), "0"),
             (format!("net.ipv6.conf.{tap}.proxy_ndp"), "1"),
+            // Felix leaves this at the kernel's random delay of up to 0.8 s, which made a
+            // VM's first IPv6 packet miss a probe's deadline now and then.
+            (format!("net.ipv6.neigh.{tap}.proxy_delay"), "0"),
             (format!("net.ipv6.conf.{tap}.forwarding"), "1"),
         ] {
             h.ns.sysctl(&key, value)?;

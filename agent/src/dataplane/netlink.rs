@@ -780,7 +780,10 @@ impl Events {
     }
 }
 
-/// The per-tap sysctls that let a VM use its subnet's gateway address to reach the host.
+/// The per-tap sysctls that let a VM use its subnet's gateway address to reach the host. The
+/// host answers a VM's neighbour solicitations for the gateway at once: by default the kernel
+/// delays answers by proxy at random, up to 0.8 s for IPv6, and a VM's first packet (and its
+/// first after each neighbour cache expiry) waited for that.
 pub fn tap_sysctls(tap: &str, route_localnet: bool) -> Vec<(String, &'static str)> {
     let mut list = vec![
         (format!("net/ipv4/conf/{tap}/proxy_arp"), "1"),
@@ -788,6 +791,7 @@ pub fn tap_sysctls(tap: &str, route_localnet: bool) -> Vec<(String, &'static str
         (format!("net/ipv4/conf/{tap}/forwarding"), "1"),
         (format!("net/ipv6/conf/{tap}/accept_ra"), "0"),
         (format!("net/ipv6/conf/{tap}/proxy_ndp"), "1"),
+        (format!("net/ipv6/neigh/{tap}/proxy_delay"), "0"),
         (format!("net/ipv6/conf/{tap}/forwarding"), "1"),
     ];
     if route_localnet {
@@ -872,6 +876,7 @@ mod tests {
                 "net/ipv4/conf/tapx/forwarding=1",
                 "net/ipv6/conf/tapx/accept_ra=0",
                 "net/ipv6/conf/tapx/proxy_ndp=1",
+                "net/ipv6/neigh/tapx/proxy_delay=0",
                 "net/ipv6/conf/tapx/forwarding=1",
             ]
         );
