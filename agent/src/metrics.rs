@@ -49,6 +49,14 @@ pub struct Metrics {
     pub routes_programmed: Family<KindLabel, Gauge>,
     /// Duration of one route-dataplane apply.
     pub route_apply_seconds: Histogram,
+    /// Route and neighbour writes sent to the kernel.
+    pub kernel_writes: Counter,
+    /// Nexthop object writes (created, replaced, deleted) sent to the kernel.
+    pub nexthop_writes: Counter,
+    /// Nexthop objects of ours in the kernel.
+    pub nexthop_objects: Gauge,
+    /// Full resyncs of the route dataplane (periodic, or after lost notifications).
+    pub dataplane_resyncs: Counter,
     /// Duration of one nftables transaction.
     pub policy_apply_seconds: Histogram,
     /// 1 when the datastore is in sync.
@@ -73,6 +81,10 @@ impl Metrics {
             endpoints: Family::default(),
             routes_programmed: Family::default(),
             route_apply_seconds: Histogram::new(apply_buckets()),
+            kernel_writes: Counter::default(),
+            nexthop_writes: Counter::default(),
+            nexthop_objects: Gauge::default(),
+            dataplane_resyncs: Counter::default(),
             policy_apply_seconds: Histogram::new(apply_buckets()),
             datastore_in_sync: Gauge::default(),
             datastore_rejected: Gauge::default(),
@@ -92,6 +104,26 @@ impl Metrics {
             "route_apply_seconds",
             "Duration of one route apply",
             m.route_apply_seconds.clone(),
+        );
+        r.register(
+            "kernel_writes",
+            "Route and neighbour writes sent to the kernel",
+            m.kernel_writes.clone(),
+        );
+        r.register(
+            "nexthop_writes",
+            "Nexthop object writes sent to the kernel",
+            m.nexthop_writes.clone(),
+        );
+        r.register(
+            "nexthop_objects",
+            "Nexthop objects of ours in the kernel",
+            m.nexthop_objects.clone(),
+        );
+        r.register(
+            "dataplane_resyncs",
+            "Full re-reads of the kernel by the route dataplane",
+            m.dataplane_resyncs.clone(),
         );
         r.register(
             "policy_apply_seconds",

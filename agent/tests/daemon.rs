@@ -411,6 +411,26 @@ fn file_datastore_endpoints_become_routes_rules_and_announcements_and_go_away() 
         "{metrics}"
     );
     assert!(http_get(hv1, "/readyz").starts_with("HTTP/1.0 200"));
+    // The learned default routes point at nexthop objects (the core exports every 250 ms).
+    wait_until("the dataplane's counters in the metrics", CONVERGE, || {
+        let metrics = http_get(hv1, "/metrics");
+        let value = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let seen = [
+            value("skog_nexthop_objects"),
+            value("skog_nexthop_writes_total"),
+            value("skog_kernel_writes_total"),
+        ];
+        seen.iter()
+            .all(|&v| v >= 1.0)
+            .then_some(())
+            .ok_or(format!("{seen:?}"))
+    })
+    .unwrap();
 
     // A live security-group change: ssh from anywhere.
     let (name, mut policy) = web_policy();

@@ -969,6 +969,11 @@ impl Task {
             learned_problems,
             kernel_writes: self.stats.kernel_writes,
             nexthop_writes: self.nexthops.writes(),
+            nexthop_objects: self
+                .view
+                .nexthops
+                .as_ref()
+                .map_or(0, |objects| objects.len()),
             resyncs: self.stats.resyncs,
             last_apply: self.stats.last_apply,
             last_resync: self.stats.last_resync,

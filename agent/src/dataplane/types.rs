@@ -183,6 +183,8 @@ pub struct Snapshot {
     pub kernel_writes: u64,
     /// Nexthop object writes (created, replaced, deleted) sent since start.
     pub nexthop_writes: u64,
+    /// Nexthop objects of ours in the kernel (as last seen).
+    pub nexthop_objects: usize,
     /// Full resyncs done since start.
     pub resyncs: u64,
     /// Duration of the last apply of kernel operations.

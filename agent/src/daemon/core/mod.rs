@@ -119,7 +119,8 @@ pub struct Core {
     status_dirty: bool,
     /// The last `STATUS=` line sent to systemd.
     status_sent: String,
-    last_route_writes: u64,
+    /// The programmer's counters as last exported.
+    exported: observe::ExportedCounts,
 }
 
 impl Core {
@@ -142,7 +143,7 @@ impl Core {
             ready: false,
             status_dirty: false,
             status_sent: String::new(),
-            last_route_writes: 0,
+            exported: observe::ExportedCounts::default(),
         }
     }
 

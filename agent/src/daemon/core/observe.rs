@@ -42,12 +42,7 @@ impl Core {
                 kind: "endpoint".into(),
             })
             .set(total.saturating_sub(learned).max(0));
-        if snapshot.kernel_writes != self.last_route_writes {
-            self.last_route_writes = snapshot.kernel_writes;
-            if let Some(d) = snapshot.last_apply {
-                m.route_apply_seconds.observe(d.as_secs_f64());
-            }
-        }
+        self.exported.export(&snapshot, m);
         let status = self.parts.model_status.borrow().clone();
         m.datastore_in_sync.set(i64::from(status.in_sync));
         m.datastore_rejected
@@ -150,5 +145,68 @@ fn fsm_number(state: skog_bgp::fsm::State) -> i64 {
         State::OpenSent => 4,
         State::OpenConfirm => 5,
         State::Established => 6,
+    }
+}
+
+/// The route programmer's counters (totals since it started) as last exported; the metrics
+/// grow by what they grew since.
+#[derive(Debug, Default)]
+pub(super) struct ExportedCounts {
+    kernel_writes: u64,
+    nexthop_writes: u64,
+    resyncs: u64,
+}
+
+impl ExportedCounts {
+    fn export(&mut self, snapshot: &dataplane::Snapshot, m: &Metrics) {
+        if snapshot.kernel_writes != self.kernel_writes
+            && let Some(d) = snapshot.last_apply
+        {
+            m.route_apply_seconds.observe(d.as_secs_f64());
+        }
+        let grown = |now: u64, last: &mut u64| now.saturating_sub(std::mem::replace(last, now));
+        m.kernel_writes
+            .inc_by(grown(snapshot.kernel_writes, &mut self.kernel_writes));
+        m.nexthop_writes
+            .inc_by(grown(snapshot.nexthop_writes, &mut self.nexthop_writes));
+        m.dataplane_resyncs
+            .inc_by(grown(snapshot.resyncs, &mut self.resyncs));
+        m.nexthop_objects
+            .set(i64::try_from(snapshot.nexthop_objects).unwrap_or(i64::MAX));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::registry::Registry;
+
+    #[test]
+    fn counters_grow_by_what_the_programmer_counted_since_the_last_export() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let mut exported = ExportedCounts::default();
+        let mut snapshot = dataplane::Snapshot {
+            kernel_writes: 5,
+            nexthop_writes: 2,
+            resyncs: 1,
+            nexthop_objects: 3,
+            last_apply: Some(Duration::from_millis(2)),
+            ..Default::default()
+        };
+        exported.export(&snapshot, &m);
+        // Nothing new: nothing counted twice, no apply observed twice.
+        exported.export(&snapshot, &m);
+        snapshot.kernel_writes = 8;
+        snapshot.nexthop_objects = 1;
+        exported.export(&snapshot, &m);
+        assert_eq!(m.kernel_writes.get(), 8);
+        assert_eq!(m.nexthop_writes.get(), 2);
+        assert_eq!(m.dataplane_resyncs.get(), 1);
+        assert_eq!(m.nexthop_objects.get(), 1);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("skog_route_apply_seconds_count 2"), "{text}");
+        assert!(text.contains("skog_kernel_writes_total 8"), "{text}");
     }
 }
