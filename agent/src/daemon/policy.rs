@@ -58,7 +58,8 @@ pub enum PolicyRequest {
     Change(PolicyChange),
     /// Answered once every change sent before is applied (or failed).
     Flush(oneshot::Sender<PolicyState>),
-    /// The rules in force for one tap, as nft lists them.
+    /// The rules in force for one tap, as nft lists them, once every change sent before is
+    /// applied.
     Show {
         /// The tap.
         interface: String,
@@ -153,6 +154,15 @@ pub fn start(
     (PolicyHandle { tx }, tokio::spawn(task.run(rx)))
 }
 
+/// A request answered after the changes taken with it are applied.
+enum Question {
+    Flush(oneshot::Sender<PolicyState>),
+    Show {
+        interface: String,
+        reply: oneshot::Sender<Result<PolicyShow, String>>,
+    },
+}
+
 /// What changed since the last apply.
 #[derive(Debug, Default)]
 struct Dirty {
@@ -202,17 +212,32 @@ impl Task {
             if self.in_sync && self.dirty.any() {
                 self.apply().await;
             }
-            for reply in waiting {
-                let _ = reply.send(self.state.clone());
+            for question in waiting {
+                self.answer(question);
             }
         }
     }
 
-    fn take(&mut self, request: PolicyRequest, waiting: &mut Vec<oneshot::Sender<PolicyState>>) {
+    /// Takes a request; a question waits for the apply of the changes taken with it.
+    fn take(&mut self, request: PolicyRequest, waiting: &mut Vec<Question>) {
         match request {
             PolicyRequest::Change(change) => self.change(change),
-            PolicyRequest::Flush(reply) => waiting.push(reply),
+            PolicyRequest::Model(reply) => {
+                let _ = reply.send(Arc::clone(&self.model));
+            }
+            PolicyRequest::Flush(reply) => waiting.push(Question::Flush(reply)),
             PolicyRequest::Show { interface, reply } => {
+                waiting.push(Question::Show { interface, reply });
+            }
+        }
+    }
+
+    fn answer(&self, question: Question) {
+        match question {
+            Question::Flush(reply) => {
+                let _ = reply.send(self.state.clone());
+            }
+            Question::Show { interface, reply } => {
                 let shown = self.show(&interface);
                 let nft = self.nft.clone();
                 // Listing runs nft; do it off the task so changes are not held up.
@@ -222,9 +247,6 @@ impl Task {
                         Err(e) => Err(e),
                     });
                 });
-            }
-            PolicyRequest::Model(reply) => {
-                let _ = reply.send(Arc::clone(&self.model));
             }
         }
     }
