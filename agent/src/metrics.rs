@@ -323,8 +323,10 @@ mod tests {
 
     #[test]
     fn a_stalled_main_loop_is_not_live() {
-        let health = Health::new(Duration::from_millis(50));
-        std::thread::sleep(Duration::from_millis(80));
+        // A window wide enough that a preempted test thread does not overrun it between the
+        // tick and the check.
+        let health = Health::new(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(350));
         assert!(!health.is_live());
         health.tick();
         assert!(health.is_live());

@@ -1024,5 +1024,7 @@ fn learned_routes_come_back_after_their_uplink_flaps_or_their_nexthop_object_goe
         }
     })
     .unwrap();
-    assert_eq!(p.snapshot().resyncs, resyncs + 1);
+    // Repaired by the resync the deletion's notification made due (the periodic one is 90 s
+    // away; the uplink's late "running" notification may have made one more).
+    assert!(p.snapshot().resyncs > resyncs);
 }

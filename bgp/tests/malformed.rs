@@ -71,13 +71,19 @@ fn malformed_updates_get_rfc7606_treatment() {
     cfg.peers.retain(|p| p.address.is_ipv4());
     let speaker = start_speaker(&tb, hv, cfg);
 
-    let (mut s, _) = listener.accept().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let mut s = wait_until("the speaker to connect", CONVERGE, || {
+        listener.accept().map(|(s, _)| s).map_err(|e| e.to_string())
+    })
+    .unwrap();
+    s.set_nonblocking(false).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     assert!(matches!(read_message(&mut s), Message::Open(_)));
     let open = Open {
         version: 4,
         asn: 65001,
-        hold_time: 90,
+        // No hold timer: this peer sends no KEEPALIVEs of its own.
+        hold_time: 0,
         router_id: Ipv4Addr::new(192, 0, 2, 200),
         capabilities: Capabilities {
             families: vec![Family::Ipv4],

@@ -48,10 +48,12 @@ impl InNamespace {
         block_on(self.handle.set_endpoint(ep)).unwrap();
     }
 
-    /// Both parts of the desired state complete: endpoints and learned routes.
+    /// Both parts of the desired state complete: endpoints and learned routes. Returns once
+    /// the programmer has reconciled them.
     pub fn complete(&self) {
         block_on(self.handle.desired_complete()).unwrap();
         block_on(self.handle.learned_complete()).unwrap();
+        self.snapshot();
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -62,8 +64,10 @@ impl InNamespace {
         block_on(self.handle.resync()).unwrap();
     }
 
-    /// Route events received so far.
+    /// Route events sent so far, once every command sent before has been applied (a route
+    /// shows in the kernel before the end of the reconcile that announces it).
     pub fn take_events(&mut self) -> Vec<RouteEvent> {
+        self.snapshot();
         let mut out = Vec::new();
         while let Ok(e) = self.events.try_recv() {
             out.push(e);
