@@ -181,7 +181,7 @@ impl Dataplane {
     }
 }
 
-/// A probe expected to be dropped.
+/// A TCP or UDP probe from one VM to another, with `deadline` ([`PROBE`] or [`PROBE_THROUGH`]).
 fn probe(
     tb: &Testbed,
     from: VmId,
@@ -189,30 +189,7 @@ fn probe(
     protocol: Protocol,
     port: u16,
     v6: bool,
-) -> ProbeOutcome {
-    probe_within(PROBE, tb, from, to, protocol, port, v6)
-}
-
-/// A probe expected through.
-fn probe_through(
-    tb: &Testbed,
-    from: VmId,
-    to: VmId,
-    protocol: Protocol,
-    port: u16,
-    v6: bool,
-) -> ProbeOutcome {
-    probe_within(PROBE_THROUGH, tb, from, to, protocol, port, v6)
-}
-
-fn probe_within(
     deadline: Duration,
-    tb: &Testbed,
-    from: VmId,
-    to: VmId,
-    protocol: Protocol,
-    port: u16,
-    v6: bool,
 ) -> ProbeOutcome {
     let addr = tb.vm_socket(to, v6, port).unwrap();
     tb.vm(from)
@@ -312,7 +289,7 @@ async fn security_groups_filter_real_packets_across_two_hypervisors() {
     // Before any rules everything flows (the bed itself works).
     let _db_servers = serve(&tb, db, &[8080], &[]);
     assert_eq!(
-        probe_through(&tb, client, db, Protocol::Tcp, 8080, false),
+        probe(&tb, client, db, Protocol::Tcp, 8080, false, PROBE_THROUGH),
         ProbeOutcome::Allowed
     );
 
@@ -364,57 +341,57 @@ async fn security_groups_filter_real_packets_across_two_hypervisors() {
     for v6 in [false, true] {
         // Remote group: app (default, other hypervisor) reaches web and db on any port.
         assert_eq!(
-            probe_through(&tb, app, web, Protocol::Tcp, 8080, v6),
+            probe(&tb, app, web, Protocol::Tcp, 8080, v6, PROBE_THROUGH),
             ProbeOutcome::Allowed,
             "v6={v6}"
         );
         assert_eq!(
-            probe_through(&tb, app, db, Protocol::Tcp, 8080, v6),
+            probe(&tb, app, db, Protocol::Tcp, 8080, v6, PROBE_THROUGH),
             ProbeOutcome::Allowed,
             "v6={v6}"
         );
         // client is not in default: only web's public rules apply.
         assert_eq!(
-            probe_through(&tb, client, web, Protocol::Tcp, 80, v6),
+            probe(&tb, client, web, Protocol::Tcp, 80, v6, PROBE_THROUGH),
             ProbeOutcome::Allowed,
             "v6={v6}"
         );
         assert_eq!(
-            probe(&tb, client, web, Protocol::Tcp, 8080, v6),
+            probe(&tb, client, web, Protocol::Tcp, 8080, v6, PROBE),
             ProbeOutcome::TimedOut,
             "v6={v6}"
         );
         assert_eq!(
-            probe_through(&tb, client, web, Protocol::Udp, 7050, v6),
+            probe(&tb, client, web, Protocol::Udp, 7050, v6, PROBE_THROUGH),
             ProbeOutcome::Allowed,
             "range, v6={v6}"
         );
         assert_eq!(
-            probe(&tb, client, web, Protocol::Udp, 7200, v6),
+            probe(&tb, client, web, Protocol::Udp, 7200, v6, PROBE),
             ProbeOutcome::TimedOut,
             "v6={v6}"
         );
         assert!(ping(&tb, client, web, v6), "icmp echo allowed, v6={v6}");
         assert!(!ping(&tb, client, db, v6), "icmp blocked, v6={v6}");
         assert_eq!(
-            probe(&tb, client, db, Protocol::Tcp, 8080, v6),
+            probe(&tb, client, db, Protocol::Tcp, 8080, v6, PROBE),
             ProbeOutcome::TimedOut,
             "v6={v6}"
         );
         // The rules after the invalid ones still work; the invalid ones allow nothing.
         assert_eq!(
-            probe_through(&tb, client, web, Protocol::Tcp, 8081, v6),
+            probe(&tb, client, web, Protocol::Tcp, 8081, v6, PROBE_THROUGH),
             ProbeOutcome::Allowed,
             "v6={v6}"
         );
         assert_eq!(
-            probe(&tb, client, web, Protocol::Tcp, 85, v6),
+            probe(&tb, client, web, Protocol::Tcp, 85, v6, PROBE),
             ProbeOutcome::TimedOut,
             "v6={v6}"
         );
         // Replies: client accepts nothing unsolicited, yet the echoes above came back.
         assert_eq!(
-            probe(&tb, web, client, Protocol::Tcp, 8080, v6),
+            probe(&tb, web, client, Protocol::Tcp, 8080, v6, PROBE),
             ProbeOutcome::TimedOut,
             "v6={v6}"
         );
@@ -430,7 +407,7 @@ async fn security_groups_filter_real_packets_across_two_hypervisors() {
     );
     for v6 in [false, true] {
         assert_eq!(
-            probe_through(&tb, client, db, Protocol::Tcp, 8080, v6),
+            probe(&tb, client, db, Protocol::Tcp, 8080, v6, PROBE_THROUGH),
             ProbeOutcome::Allowed,
             "v6={v6}"
         );
@@ -439,7 +416,7 @@ async fn security_groups_filter_real_packets_across_two_hypervisors() {
     dp.apply(&tb, &cloud).await;
     for v6 in [false, true] {
         assert_eq!(
-            probe(&tb, client, db, Protocol::Tcp, 8080, v6),
+            probe(&tb, client, db, Protocol::Tcp, 8080, v6, PROBE),
             ProbeOutcome::TimedOut,
             "v6={v6}"
         );
@@ -456,12 +433,12 @@ async fn security_groups_filter_real_packets_across_two_hypervisors() {
     );
     for v6 in [false, true] {
         assert_eq!(
-            probe_through(&tb, client, web, Protocol::Tcp, 8080, v6),
+            probe(&tb, client, web, Protocol::Tcp, 8080, v6, PROBE_THROUGH),
             ProbeOutcome::Allowed,
             "v6={v6}"
         );
         assert_eq!(
-            probe(&tb, client, web, Protocol::Tcp, 80, v6),
+            probe(&tb, client, web, Protocol::Tcp, 80, v6, PROBE),
             ProbeOutcome::TimedOut,
             "v6={v6}"
         );
