@@ -536,25 +536,17 @@ fn ipv4_routes_through_an_ipv6_gateway_are_installed_and_adopted() {
             _ => Err(format!("{routes:?}")),
         }
     };
-    let first = InNamespace::start(ns, DataplaneConfig::default());
-    block_on(
-        first
-            .handle
-            .set_learned_route(learned_via(learned, [gateway])),
-    )
-    .unwrap();
-    first.complete();
+    let start = || {
+        let p = InNamespace::start(ns, DataplaneConfig::default());
+        block_on(p.handle.set_learned_route(learned_via(learned, [gateway]))).unwrap();
+        p.complete();
+        p
+    };
+    let first = start();
     let route = wait_until("the IPv4 route via IPv6", CONVERGE, || through_v6(learned)).unwrap();
     assert!(route.nexthop_id.is_some(), "{route:?}");
     first.stop();
-    let second = InNamespace::start(ns, DataplaneConfig::default());
-    block_on(
-        second
-            .handle
-            .set_learned_route(learned_via(learned, [gateway])),
-    )
-    .unwrap();
-    second.complete();
+    let second = start();
     let snap = second.snapshot();
     assert_eq!(snap.kernel_writes, 0, "{snap:?}");
     assert!(snap.learned_problems.is_empty(), "{snap:?}");
